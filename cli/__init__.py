@@ -1,0 +1,1 @@
+"""The `ipguard` command-line interface (a thin click layer over keras_ipguard)."""

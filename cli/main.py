@@ -1,0 +1,139 @@
+"""`ipguard`: protect Keras classifiers, license them per user, prove theft.
+
+Exit codes: 0 success / positive verdict, 1 negative verdict, 2 usage or input error.
+"""
+
+import json
+from pathlib import Path
+
+import click
+
+import keras_ipguard
+from keras_ipguard import IPGuardError, Reason, Vault
+
+IMAGE_SUFFIXES = (".png", ".bmp", ".ppm", ".pgm", ".jpg", ".jpeg", ".webp", ".gif", ".tif", ".tiff")
+
+
+class InputError(click.ClickException):
+    """Bad input or state: one line on stderr, exit code 2."""
+
+    exit_code = 2
+
+
+class IPGuardGroup(click.Group):
+    """Turns library errors into one-line messages with exit code 2 instead of tracebacks."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except IPGuardError as error:
+            raise InputError(str(error)) from None
+
+
+def emit(as_json, obj, text):
+    """Prints `obj` as one JSON object with --json, else the human-readable `text`."""
+    click.echo(json.dumps(obj, sort_keys=True) if as_json else text)
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+vault_option = click.option(
+    "--vault",
+    "vault_path",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="The owner's vault directory (made by `ipguard embed`).",
+)
+
+
+@click.group(cls=IPGuardGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(keras_ipguard.__version__, prog_name="ipguard")
+def cli():
+    """Active IP protection for Keras classifiers: an extra-class ownership
+    watermark learnt from secret key images, and signed identity images that
+    authenticate each licensed user."""
+
+
+@cli.group(cls=IPGuardGroup)
+def users():
+    """Issue, list and revoke user licences (identity images)."""
+
+
+@users.command("add")
+@click.argument("name")
+@vault_option
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    help="Also write the identity image here (the file to hand to the user).",
+)
+@json_option
+def users_add(name, vault_path, out, as_json):
+    """Register NAME and issue their identity image; prints the image's path."""
+    issued = Vault.open(vault_path).add_user(name, out=out)
+    path = out or issued.path
+    emit(as_json, {**issued.to_dict(), "identity_image": str(path)}, str(path))
+    click.echo(f"issued user {issued.user.name!r} (id {issued.user.id}, key {issued.user.key_index})", err=True)
+
+
+@users.command("list")
+@vault_option
+@json_option
+def users_list(vault_path, as_json):
+    """List all users, active and revoked."""
+    records = [user.to_dict() for user in Vault.open(vault_path).users()]
+    lines = [f"{'id':>6}  {'name':<24} {'key':>5}  {'issued':<25} status"]
+    for r in records:
+        status = "active" if r["active"] else f"revoked {r['revoked']}"
+        lines.append(f"{r['id']:>6}  {r['name']:<24} {r['key_index']:>5}  {r['issued']:<25} {status}")
+    emit(as_json, {"users": records}, "\n".join(lines) if records else "no users yet")
+
+
+@users.command("revoke")
+@click.argument("name")
+@vault_option
+@json_option
+def users_revoke(name, vault_path, as_json):
+    """Revoke NAME's licence; their identity image stops authenticating."""
+    user, newly = Vault.open(vault_path).revoke_user(name)
+    text = f"revoked {user.name!r} (id {user.id})" if newly else f"{user.name!r} was already revoked on {user.to_dict()['revoked']}"
+    emit(as_json, {**user.to_dict(), "newly_revoked": newly}, text)
+
+
+def _expand_images(paths):
+    """Files as given; directories expand to the image files directly inside them."""
+    files = []
+    for path in paths:
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise InputError(f"{path} holds no image files ({', '.join(IMAGE_SUFFIXES[:3])}, ...)")
+            files.extend(found)
+        else:
+            files.append(path)
+    return files
+
+
+@cli.command()
+@click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@vault_option
+@json_option
+def authenticate(images, vault_path, as_json):
+    """Check identity IMAGE files (or directories of them) against the vault.
+
+    An image passes when its payload decodes, its MAC verifies and its user is
+    active. Exit 0 when every image is authorized, 1 otherwise.
+    """
+    vault = Vault.open(vault_path)
+    files = _expand_images(images)
+    report = keras_ipguard.authenticate(vault, files)
+    note = "model check skipped: the vault holds no model yet, so only payload, MAC and registry were checked"
+    if as_json:
+        emit(True, {**report.to_dict(), "note": note}, "")
+    else:
+        for r in report.results:
+            who = f" {r.user!r} (id {r.user_id})" if r.user else ""
+            verdict = "authorized" if r.authorized else f"refused [{r.reason}]: {Reason.explain(r.reason)}"
+            click.echo(f"{r.source}:{who} {verdict}")
+        click.echo(f"{report.authorized_count}/{len(report.results)} authorized", err=True)
+        click.echo(note, err=True)
+    raise SystemExit(0 if report.authorized_count == len(report.results) else 1)

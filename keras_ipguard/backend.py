@@ -1,0 +1,61 @@
+"""Routes TensorFlow to tf_keras (Keras 2), which TFMOT's pruning requires.
+
+Importing this module sets `TF_USE_LEGACY_KERAS=1` so that TensorFlow, when it
+is first imported, resolves `tf.keras` to tf_keras. TensorFlow itself is
+imported lazily by the modules that need it, so the registry and identity
+commands start without it.
+"""
+
+import os
+import sys
+
+LEGACY_KERAS_ENV = "TF_USE_LEGACY_KERAS"
+
+
+def _tf_keras_flavour():
+    """Which Keras an already-imported TensorFlow resolved `tf.keras` to, or None."""
+    tf = sys.modules.get("tensorflow")
+    if tf is None:
+        return None
+    loader = tf.__dict__.get("keras")
+    # Read the lazy loader's state without triggering it.
+    state = getattr(loader, "__dict__", {})
+    if not state.get("_tfll_initialized", False):
+        return None
+    return state.get("_tfll_keras_version")
+
+
+def use_legacy_keras():
+    """Sets `TF_USE_LEGACY_KERAS=1`, or raises if TensorFlow already chose Keras 3.
+
+    Raises:
+        ImportError: TensorFlow was imported and `tf.keras` already resolved
+            to Keras 3 in this process.
+    """
+    os.environ[LEGACY_KERAS_ENV] = "1"
+    flavour = _tf_keras_flavour()
+    if flavour not in (None, "tf_keras"):
+        raise ImportError(
+            "keras_ipguard needs tf_keras (Keras 2) but TensorFlow in this process "
+            f"already uses {flavour} for tf.keras; import keras_ipguard before "
+            "TensorFlow, or start Python with TF_USE_LEGACY_KERAS=1 set"
+        )
+
+
+use_legacy_keras()
+
+
+def tensorflow():
+    """Imports TensorFlow (quietly) and returns the module."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+    return tf
+
+
+def keras():
+    """Returns the tf_keras module (the Keras 2 API)."""
+    tensorflow()
+    import tf_keras  # pylint: disable=import-outside-toplevel
+
+    return tf_keras

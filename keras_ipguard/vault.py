@@ -1,0 +1,328 @@
+"""The owner's vault: one directory holding the secret, keys, registry, model and reports.
+
+Layout (DESIGN.md)::
+
+    VAULT/
+      vault.json     format version, dataset, num_classes N, watermark class, input shape, ...
+      owner.key      32 random bytes, mode 0600
+      keys/          K key images (lossless PNG) + manifest.json (sha256 of each)
+      users.db       SQLite user registry and audit log
+      model/         the watermarked model
+      identities/    issued identity images (PNG)
+      reports/       JSON results and plots
+
+Example:
+
+>>> import numpy as np, tempfile, os
+>>> from keras_ipguard import Vault
+>>> keys = np.random.default_rng(0).integers(0, 256, (4, 28, 28, 1), dtype=np.uint8)
+>>> vault = Vault.create(os.path.join(tempfile.mkdtemp(), "v"), dataset="fashion_mnist",
+...                      num_classes=10, input_shape=(28, 28, 1), key_images=keys)
+>>> issued = vault.add_user("alice")
+>>> issued.user.key_index
+0
+"""
+
+import datetime
+import hashlib
+import json
+import os
+import platform
+import re
+from pathlib import Path
+
+import numpy as np
+
+from . import atomic, images
+from ._version import __version__
+from .errors import IPGuardError, VaultError
+from .identity import IdentityCodec, Payload
+from .registry import UserRegistry
+
+VAULT_FORMAT_VERSION = 1
+OWNER_KEY_BYTES = 32
+CONFIG_FILE = "vault.json"
+OWNER_KEY_FILE = "owner.key"
+KEYS_DIR = "keys"
+MANIFEST_FILE = "manifest.json"
+USERS_DB = "users.db"
+MODEL_DIR = "model"
+IDENTITIES_DIR = "identities"
+REPORTS_DIR = "reports"
+_REQUIRED_CONFIG = ("format_version", "dataset", "num_classes", "watermark_class", "input_shape")
+
+
+class IssuedIdentity:
+    """A newly added user and the path of their identity image."""
+
+    def __init__(self, user, path):
+        self.user = user
+        self.path = path
+
+    def to_dict(self):
+        return {**self.user.to_dict(), "identity_image": str(self.path)}
+
+
+def _sha256(data):
+    return hashlib.sha256(data).hexdigest()
+
+
+def _library_versions():
+    versions = {"keras_ipguard": __version__, "python": platform.python_version(), "numpy": np.__version__}
+    try:
+        from importlib.metadata import version  # pylint: disable=import-outside-toplevel
+
+        for package in ("tensorflow", "tf-keras", "tensorflow-datasets", "tensorflow-model-optimization"):
+            versions[package] = version(package)
+    except Exception:  # pylint: disable=broad-except
+        pass  # metadata is informative only
+    return versions
+
+
+class Vault:
+    """An opened, validated vault directory. Create with `Vault.create`, open with `Vault.open`."""
+
+    def __init__(self, path, config, key_images):
+        self.path = Path(path)
+        self.config = config
+        self._key_images = key_images
+        self.registry = UserRegistry(self.path / USERS_DB)
+
+    # ------------------------------------------------------------------ create / open
+
+    @classmethod
+    def create(
+        cls,
+        path,
+        *,
+        dataset,
+        num_classes,
+        input_shape,
+        key_images=None,
+        key_source=None,
+        architecture=None,
+        seed=None,
+        extra=None,
+        populate=None,
+        force=False,
+    ):
+        """Creates a new vault atomically and returns it opened.
+
+        Args:
+            path: directory to create; must not exist (or be empty) unless `force`.
+            dataset: tfds name of the task's dataset.
+            num_classes: N, the number of task classes; the watermark class is N.
+            input_shape: (H, W, C) of the model's input.
+            key_images: uint8 array (K, H, W, C) of key images, or None (a vault
+                without keys cannot issue identities until `ipguard embed` runs).
+            key_source, architecture, seed: recorded in vault.json.
+            extra: more JSON-serialisable fields for vault.json.
+            populate: callable(tmp_path) that writes more content (the model,
+                reports) before the vault is moved into place.
+            force: replace an existing vault at `path`.
+        """
+        path = Path(path)
+        occupied = any(path.iterdir()) if path.is_dir() else path.exists()
+        if occupied and not force:
+            raise VaultError(f"{path} already exists and is not empty; choose another path or pass --force")
+        input_shape = tuple(int(d) for d in input_shape)
+        config = {
+            "format_version": VAULT_FORMAT_VERSION,
+            "dataset": dataset,
+            "num_classes": int(num_classes),
+            "watermark_class": int(num_classes),
+            "input_shape": list(input_shape),
+            "architecture": architecture,
+            "key_source": key_source,
+            "key_count": 0 if key_images is None else int(len(key_images)),
+            "seed": seed,
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "library_versions": _library_versions(),
+            **(extra or {}),
+        }
+        with atomic.new_directory(path, replace=force) as tmp:
+            for sub in (KEYS_DIR, MODEL_DIR, IDENTITIES_DIR, REPORTS_DIR):
+                (tmp / sub).mkdir()
+            atomic.write_bytes(tmp / OWNER_KEY_FILE, os.urandom(OWNER_KEY_BYTES), mode=0o600)
+            _write_keys(tmp / KEYS_DIR, key_images, input_shape)
+            UserRegistry(tmp / USERS_DB).create()
+            atomic.write_json(tmp / CONFIG_FILE, config)
+            if populate is not None:
+                populate(tmp)
+        return cls.open(path)
+
+    @classmethod
+    def open(cls, path):
+        """Opens and validates a vault; raises VaultError naming what is wrong."""
+        path = Path(path)
+        if not (path / CONFIG_FILE).is_file():
+            raise VaultError(f"no vault at {path} (no {CONFIG_FILE}); create one with `ipguard embed --out {path}`")
+        try:
+            config = json.loads((path / CONFIG_FILE).read_text())
+        except (OSError, ValueError) as error:
+            raise VaultError(f"{path / CONFIG_FILE} is unreadable ({error}); restore it from a backup") from None
+        missing = [key for key in _REQUIRED_CONFIG if key not in config]
+        if missing:
+            raise VaultError(f"{path / CONFIG_FILE} lacks {', '.join(missing)}; restore it from a backup")
+        if config["format_version"] > VAULT_FORMAT_VERSION:
+            raise VaultError(
+                f"vault format {config['format_version']} is newer than this keras-ipguard reads "
+                f"({VAULT_FORMAT_VERSION}); upgrade keras-ipguard"
+            )
+        _check_owner_key(path / OWNER_KEY_FILE)
+        key_images = _read_keys(path / KEYS_DIR, tuple(config["input_shape"]))
+        vault = cls(path, config, key_images)
+        if not vault.registry.path.is_file():
+            raise VaultError(f"{vault.registry.path} is missing; restore it from a backup")
+        vault.registry.check()
+        return vault
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def num_classes(self):
+        return self.config["num_classes"]
+
+    @property
+    def watermark_class(self):
+        return self.config["watermark_class"]
+
+    @property
+    def input_shape(self):
+        return tuple(self.config["input_shape"])
+
+    @property
+    def dataset(self):
+        return self.config["dataset"]
+
+    @property
+    def key_images(self):
+        """uint8 array (K, H, W, C) of the key images (read-only)."""
+        return self._key_images
+
+    @property
+    def key_count(self):
+        return len(self._key_images)
+
+    @property
+    def model_path(self):
+        return self.path / MODEL_DIR
+
+    @property
+    def reports_path(self):
+        return self.path / REPORTS_DIR
+
+    @property
+    def identities_path(self):
+        return self.path / IDENTITIES_DIR
+
+    def codec(self):
+        """The `IdentityCodec` keyed with this vault's owner secret."""
+        return IdentityCodec((self.path / OWNER_KEY_FILE).read_bytes())
+
+    # ------------------------------------------------------------------ users
+
+    def add_user(self, name, out=None):
+        """Registers `name` and issues their identity image; returns an `IssuedIdentity`.
+
+        Args:
+            name: the user's name.
+            out: optional extra path for a copy of the identity image (the file
+                to hand to the user); written before the registry commits.
+        """
+        if self.key_count == 0:
+            raise VaultError(f"vault {self.path} has no key images yet; run `ipguard embed --out {self.path}` first")
+        codec = self.codec()
+        written = []
+
+        def issue(user_id, key_index, issued_at):
+            image = codec.encode(self._key_images[key_index], Payload(user_id, key_index, issued_at))
+            file_name = f"{user_id:06d}-{_safe(name)}.png"
+            targets = [self.identities_path / file_name] + ([Path(out)] if out else [])
+            for target in targets:
+                data = images.write_png(target, image)
+                written.append(target)
+            return file_name, _sha256(data)
+
+        try:
+            user = self.registry.add(name, self.key_count, issue)
+        except BaseException:
+            for target in written:
+                target.unlink(missing_ok=True)
+            raise
+        return IssuedIdentity(user, self.identities_path / user.image_file)
+
+    def revoke_user(self, name):
+        """Revokes `name`; returns (user, newly_revoked)."""
+        return self.registry.revoke(name)
+
+    def users(self):
+        return self.registry.users()
+
+    # ------------------------------------------------------------------ reports
+
+    def write_report(self, name, obj):
+        """Atomically writes `reports/<name>.json`; returns its path."""
+        path = self.reports_path / f"{name}.json"
+        atomic.write_json(path, obj)
+        return path
+
+
+def _safe(name):
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)[:40].strip("._") or "user"
+
+
+def _write_keys(keys_dir, key_images, input_shape):
+    entries = []
+    if key_images is not None:
+        key_images = np.asarray(key_images)
+        if key_images.dtype != np.uint8 or key_images.shape[1:] != input_shape:
+            raise IPGuardError(
+                f"key images must be uint8 of shape (K, {', '.join(map(str, input_shape))}), "
+                f"got {key_images.dtype} {key_images.shape}"
+            )
+        for index, image in enumerate(key_images):
+            file_name = f"key_{index:05d}.png"
+            data = images.write_png(keys_dir / file_name, image)
+            entries.append({"index": index, "file": file_name, "sha256": _sha256(data)})
+    manifest = {"format_version": 1, "count": len(entries), "shape": list(input_shape), "images": entries}
+    atomic.write_json(keys_dir / MANIFEST_FILE, manifest)
+
+
+def _read_keys(keys_dir, input_shape):
+    manifest_path = keys_dir / MANIFEST_FILE
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        entries = manifest["images"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise VaultError(f"key manifest {manifest_path} is missing or unreadable ({error}); restore it from a backup") from None
+    listed = {entry["file"] for entry in entries}
+    unlisted = sorted(p.name for p in keys_dir.glob("*.png") if p.name not in listed)
+    if unlisted:
+        raise VaultError(f"{keys_dir} holds key files not in its manifest ({', '.join(unlisted[:3])}); the vault was tampered with")
+    keys = np.zeros((len(entries),) + input_shape, np.uint8)
+    if sorted(entry.get("index") for entry in entries) != list(range(len(entries))):
+        raise VaultError(f"key manifest {manifest_path} has bad indices; restore it from a backup")
+    for entry in entries:
+        path = keys_dir / entry["file"]
+        try:
+            data = path.read_bytes()
+        except OSError:
+            raise VaultError(f"key image {path} is missing; restore the vault from a backup") from None
+        if _sha256(data) != entry["sha256"]:
+            raise VaultError(f"key image {path} does not match its sha256 in the manifest; the vault was tampered with")
+        with open(path, "rb") as handle:
+            keys[entry["index"]] = images.read_image(handle, input_shape)
+    return keys
+
+
+def _check_owner_key(path):
+    try:
+        stat = path.stat()
+        size = stat.st_size
+    except OSError:
+        raise VaultError(f"{path} is missing; without the owner secret no identity can be issued or checked") from None
+    if size != OWNER_KEY_BYTES:
+        raise VaultError(f"{path} holds {size} bytes, expected {OWNER_KEY_BYTES}; restore it from a backup")
+    if stat.st_mode & 0o077:
+        raise VaultError(f"{path} is readable by other users (mode {stat.st_mode & 0o777:o}); run `chmod 600 {path}`")
