@@ -13,16 +13,18 @@ LEGACY_KERAS_ENV = "TF_USE_LEGACY_KERAS"
 
 
 def _tf_keras_flavour():
-    """Which Keras an already-imported TensorFlow resolved `tf.keras` to, or None."""
+    """The package an already-imported TensorFlow resolved `tf.keras` to, or None if not yet."""
     tf = sys.modules.get("tensorflow")
     if tf is None:
         return None
-    loader = tf.__dict__.get("keras")
-    # Read the lazy loader's state without triggering it.
-    state = getattr(loader, "__dict__", {})
-    if not state.get("_tfll_initialized", False):
+    keras_attr = tf.__dict__.get("keras")
+    if keras_attr is None:
         return None
-    return state.get("_tfll_keras_version")
+    state = vars(keras_attr)  # read without triggering TensorFlow's lazy loader
+    if "_tfll_initialized" in state:  # still a lazy loader
+        return state.get("_tfll_keras_version") if state["_tfll_initialized"] else None
+    # Once used, the loader is replaced by the module it resolved to.
+    return "tf_keras" if keras_attr.__name__.startswith("tf_keras") else keras_attr.__name__
 
 
 def use_legacy_keras():

@@ -116,7 +116,9 @@ class UserRegistry:
             connection.execute("PRAGMA synchronous=FULL")
             return connection
         except sqlite3.Error as error:
-            raise VaultError(f"cannot open user registry {self.path}: {error}") from None
+            raise VaultError(
+                f"user registry {self.path} is corrupt or unreadable ({error}); restore it from a backup"
+            ) from None
 
     @contextlib.contextmanager
     def _transaction(self, write=True):

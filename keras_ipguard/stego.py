@@ -74,17 +74,21 @@ def embed_bits(images, bits, order=None):
         A new uint8 array of the same shape; the input is not modified.
     """
     images = _as_uint8(images)
-    bits = np.asarray(bits, dtype=np.uint8)
-    batch_shape = bits.shape[:-1]
+    bits = np.bitwise_and(np.asarray(bits, dtype=np.uint8), LSB_MASK)
     n = bits.shape[-1]
-    flat = images.reshape(batch_shape + (-1,)).copy()
-    if n > flat.shape[-1]:
-        raise ValueError(f"{n} bits do not fit in {flat.shape[-1]} pixel values")
-    positions = np.arange(n) if order is None else np.asarray(order)[:n]
-    flat[..., positions] = np.bitwise_or(
-        np.bitwise_and(flat[..., positions], HIGH_BITS_MASK), np.bitwise_and(bits, LSB_MASK)
-    )
-    return flat.reshape(images.shape)
+    flat = images.reshape(bits.shape[:-1] + (-1,))
+    size = flat.shape[-1]
+    if n > size:
+        raise ValueError(f"{n} bits do not fit in {size} pixel values")
+    if order is None and n == size:
+        plane = bits
+    else:
+        # Scatter written as one gather (much faster in numpy): position p takes
+        # bits[k] where order[k] == p, else its own current LSB (at n + p).
+        source = np.arange(size) + n
+        source[np.arange(n) if order is None else np.asarray(order)[:n]] = np.arange(n)
+        plane = np.take(np.concatenate([bits, np.bitwise_and(flat, LSB_MASK)], axis=-1), source, axis=-1)
+    return np.bitwise_or(np.bitwise_and(flat, HIGH_BITS_MASK), plane).reshape(images.shape)
 
 
 def extract_bits(images, order=None, n=None, batch=False):
@@ -93,11 +97,11 @@ def extract_bits(images, order=None, n=None, batch=False):
     Returns:
         uint8 0/1 array of shape (n,), or (B, n) when `batch`.
     """
-    plane = lsb_plane(images, batch=batch)
-    if order is None:
-        return plane[..., : (plane.shape[-1] if n is None else n)]
-    order = np.asarray(order)
-    return plane[..., order if n is None else order[:n]]
+    images = _as_uint8(images)
+    flat = images.reshape((images.shape[0], -1) if batch else (-1,))
+    positions = np.arange(flat.shape[-1]) if order is None else np.asarray(order)
+    # np.take along the axis is several times faster than fancy indexing here.
+    return np.bitwise_and(np.take(flat, positions[:n], axis=-1), LSB_MASK)
 
 
 def lsb_plane_tf(images):

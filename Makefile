@@ -1,0 +1,22 @@
+# keras-ipguard developer commands. `make install` then `make test`.
+# Uses the active virtualenv if there is one, else creates .venv here.
+VENV ?= $(if $(VIRTUAL_ENV),$(VIRTUAL_ENV),.venv)
+PYTHON := $(VENV)/bin/python
+SYSTEM_PYTHON ?= python3
+
+.PHONY: install test bench clean
+
+install:
+	test -x $(PYTHON) || $(SYSTEM_PYTHON) -m venv $(VENV)
+	$(PYTHON) -m pip install --upgrade pip
+	$(PYTHON) -m pip install -e ".[test]"
+
+test:
+	$(PYTHON) -m pytest
+
+bench:
+	$(PYTHON) benchmarks/run.py
+
+clean:
+	rm -rf build dist *.egg-info .pytest_cache
+	find . -name __pycache__ -type d -prune -not -path "./$(VENV)/*" -exec rm -rf {} +
