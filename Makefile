@@ -3,6 +3,9 @@
 VENV ?= $(if $(VIRTUAL_ENV),$(VIRTUAL_ENV),.venv)
 PYTHON := $(VENV)/bin/python
 SYSTEM_PYTHON ?= python3
+# In the development workspace, the prepared datasets beside the project.
+TFDS_DATA_DIR ?= $(wildcard $(CURDIR)/../shared/tensorflow_datasets)
+export TFDS_DATA_DIR
 
 .PHONY: install test bench clean
 

@@ -10,6 +10,18 @@ from benchmarks import bench_stego  # noqa: E402  (after the path set-up)
 
 def main():
     bench_stego.run()
+    print()
+    if data_dir_has("fashion_mnist"):
+        from benchmarks import bench_embed  # pylint: disable=import-outside-toplevel
+
+        bench_embed.run()
+    else:
+        print("embedding benchmark skipped: set TFDS_DATA_DIR to a directory holding fashion_mnist prepared by tfds")
+
+
+def data_dir_has(dataset):
+    directory = os.environ.get("TFDS_DATA_DIR")
+    return bool(directory) and os.path.isdir(os.path.join(directory, dataset))
 
 
 if __name__ == "__main__":

@@ -53,6 +53,50 @@ def cli():
     authenticate each licensed user."""
 
 
+SUMMARY_METRICS = (
+    "clean_accuracy",
+    "watermark_accuracy",
+    "identity_watermark_accuracy",
+    "false_watermark_rate",
+    "baseline_clean_accuracy",
+)
+
+
+@cli.command()
+@click.option("--dataset", required=True, help="tfds image-classification dataset, e.g. fashion_mnist, cifar10.")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Vault directory to create.")
+@click.option("--data-dir", type=click.Path(file_okay=False), help="Prepared tfds data directory (else TFDS_DATA_DIR, else download).")
+@click.option("--epochs", type=click.IntRange(min=1), help="Training epochs [default: by architecture; 2 with --base-model].")
+@click.option("--keys", type=click.IntRange(min=1), default=100, show_default=True, help="Number of key images K.")
+@click.option("--key-source", help="tfds dataset the key images come from [default: mnist for grayscale tasks (fashion_mnist for mnist), cifar100 for RGB].")
+@click.option("--arch", type=click.Choice(["auto", "small_cnn", "resnet20", "vgg11"]), default="auto", show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=2), default=128, show_default=True, help="Batch size per replica.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--base-model", type=click.Path(exists=True), help="Protect this trained N-class Keras model instead of training from scratch.")
+@click.option("--strategy", type=click.Choice(["auto", "mirrored", "multiworker", "default"]), default="auto", show_default=True, help="tf.distribute strategy (auto: all GPUs, or the default strategy on CPU).")
+@click.option("--baseline", is_flag=True, help="Also train without the watermark to measure fidelity_drop.")
+@click.option("--max-train-examples", type=click.IntRange(min=1), help="Use only the first M training examples.")
+@click.option("--max-test-examples", type=click.IntRange(min=1), help="Use only the first M test examples.")
+@click.option("--key-share", type=click.FloatRange(0, 0.5, min_open=True), default=1 / 16, show_default=True, help="Share of each batch given to key samples.")
+@click.option("--learning-rate", type=click.FloatRange(0, min_open=True), help="Initial learning rate [default: by architecture].")
+@click.option("--force", is_flag=True, help="Replace an existing vault at --out (and any stale checkpoint).")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run from its last epoch checkpoint.")
+@json_option
+def embed(out, force, resume, as_json, **options):
+    """Train a watermarked classifier and write a new vault at --out."""
+    from keras_ipguard.embed import EmbedOptions, embed as run_embed  # pylint: disable=import-outside-toplevel
+
+    result = run_embed(out, EmbedOptions(**options, verbose=1), force=force, resume=resume)
+    report = result.report
+    lines = [f"vault written: {out}"]
+    lines += [f"  {name:<28} {report[name]:.4f}" for name in SUMMARY_METRICS if name in report]
+    if "fidelity_drop" in report:
+        lines.append(f"  {'fidelity_drop':<28} {report['fidelity_drop']:+.2f} percentage points")
+    lines.append(f"  trained {report['epochs']} epochs in {report['train_seconds']:.0f} s ({report['examples_per_second']:.0f} examples/s)")
+    lines.append(f"report: {out / 'reports' / 'embed.json'}")
+    emit(as_json, result.to_dict(), "\n".join(lines))
+
+
 @cli.group(cls=IPGuardGroup)
 def users():
     """Issue, list and revoke user licences (identity images)."""

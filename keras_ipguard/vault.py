@@ -25,6 +25,7 @@ Example:
 
 import datetime
 import hashlib
+import io
 import json
 import os
 import platform
@@ -45,6 +46,7 @@ CONFIG_FILE = "vault.json"
 OWNER_KEY_FILE = "owner.key"
 KEYS_DIR = "keys"
 MANIFEST_FILE = "manifest.json"
+CONTROLS_FILE = "controls.npz"
 USERS_DB = "users.db"
 MODEL_DIR = "model"
 IDENTITIES_DIR = "identities"
@@ -82,10 +84,11 @@ def _library_versions():
 class Vault:
     """An opened, validated vault directory. Create with `Vault.create`, open with `Vault.open`."""
 
-    def __init__(self, path, config, key_images):
+    def __init__(self, path, config, key_images, controls=None):
         self.path = Path(path)
         self.config = config
         self._key_images = key_images
+        self._controls = controls or {}
         self.registry = UserRegistry(self.path / USERS_DB)
 
     # ------------------------------------------------------------------ create / open
@@ -103,7 +106,9 @@ class Vault:
         architecture=None,
         seed=None,
         extra=None,
+        controls=None,
         populate=None,
+        owner_key=None,
         force=False,
     ):
         """Creates a new vault atomically and returns it opened.
@@ -116,9 +121,13 @@ class Vault:
             key_images: uint8 array (K, H, W, C) of key images, or None (a vault
                 without keys cannot issue identities until `ipguard embed` runs).
             key_source, architecture, seed: recorded in vault.json.
+            controls: dict of uint8 image arrays that are not keys (held-out
+                key-source images, clean test images), stored in keys/controls.npz
+                for verification's chance rate.
             extra: more JSON-serialisable fields for vault.json.
             populate: callable(tmp_path) that writes more content (the model,
                 reports) before the vault is moved into place.
+            owner_key: the 32-byte owner secret; fresh random bytes when None.
             force: replace an existing vault at `path`.
         """
         path = Path(path)
@@ -143,8 +152,11 @@ class Vault:
         with atomic.new_directory(path, replace=force) as tmp:
             for sub in (KEYS_DIR, MODEL_DIR, IDENTITIES_DIR, REPORTS_DIR):
                 (tmp / sub).mkdir()
-            atomic.write_bytes(tmp / OWNER_KEY_FILE, os.urandom(OWNER_KEY_BYTES), mode=0o600)
-            _write_keys(tmp / KEYS_DIR, key_images, input_shape)
+            owner_key = os.urandom(OWNER_KEY_BYTES) if owner_key is None else bytes(owner_key)
+            if len(owner_key) != OWNER_KEY_BYTES:
+                raise VaultError(f"owner key must be {OWNER_KEY_BYTES} bytes, got {len(owner_key)}")
+            atomic.write_bytes(tmp / OWNER_KEY_FILE, owner_key, mode=0o600)
+            _write_keys(tmp / KEYS_DIR, key_images, input_shape, controls)
             UserRegistry(tmp / USERS_DB).create()
             atomic.write_json(tmp / CONFIG_FILE, config)
             if populate is not None:
@@ -170,8 +182,8 @@ class Vault:
                 f"({VAULT_FORMAT_VERSION}); upgrade keras-ipguard"
             )
         _check_owner_key(path / OWNER_KEY_FILE)
-        key_images = _read_keys(path / KEYS_DIR, tuple(config["input_shape"]))
-        vault = cls(path, config, key_images)
+        key_images, controls = _read_keys(path / KEYS_DIR, tuple(config["input_shape"]))
+        vault = cls(path, config, key_images, controls)
         if not vault.registry.path.is_file():
             raise VaultError(f"{vault.registry.path} is missing; restore it from a backup")
         vault.registry.check()
@@ -199,6 +211,11 @@ class Vault:
     def key_images(self):
         """uint8 array (K, H, W, C) of the key images (read-only)."""
         return self._key_images
+
+    @property
+    def controls(self):
+        """Dict of uint8 non-key image arrays stored for verification (may be empty)."""
+        return self._controls
 
     @property
     def key_count(self):
@@ -272,24 +289,38 @@ def _safe(name):
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name)[:40].strip("._") or "user"
 
 
-def _write_keys(keys_dir, key_images, input_shape):
+def _write_keys(keys_dir, key_images, input_shape, controls=None):
     entries = []
     if key_images is not None:
-        key_images = np.asarray(key_images)
-        if key_images.dtype != np.uint8 or key_images.shape[1:] != input_shape:
-            raise IPGuardError(
-                f"key images must be uint8 of shape (K, {', '.join(map(str, input_shape))}), "
-                f"got {key_images.dtype} {key_images.shape}"
-            )
+        key_images = _checked_images(key_images, input_shape, "key images")
         for index, image in enumerate(key_images):
             file_name = f"key_{index:05d}.png"
             data = images.write_png(keys_dir / file_name, image)
             entries.append({"index": index, "file": file_name, "sha256": _sha256(data)})
     manifest = {"format_version": 1, "count": len(entries), "shape": list(input_shape), "images": entries}
+    if controls:
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, **{name: _checked_images(a, input_shape, name) for name, a in controls.items()})
+        atomic.write_bytes(keys_dir / CONTROLS_FILE, buffer.getvalue())
+        manifest["controls"] = {
+            "file": CONTROLS_FILE,
+            "sha256": _sha256(buffer.getvalue()),
+            "counts": {name: int(len(a)) for name, a in controls.items()},
+        }
     atomic.write_json(keys_dir / MANIFEST_FILE, manifest)
 
 
+def _checked_images(array, input_shape, what):
+    array = np.asarray(array)
+    if array.dtype != np.uint8 or array.shape[1:] != input_shape:
+        raise IPGuardError(
+            f"{what} must be uint8 of shape (K, {', '.join(map(str, input_shape))}), got {array.dtype} {array.shape}"
+        )
+    return array
+
+
 def _read_keys(keys_dir, input_shape):
+    """Returns (key images, controls dict), verified against the manifest's sha256s."""
     manifest_path = keys_dir / MANIFEST_FILE
     try:
         manifest = json.loads(manifest_path.read_text())
@@ -304,16 +335,24 @@ def _read_keys(keys_dir, input_shape):
     if sorted(entry.get("index") for entry in entries) != list(range(len(entries))):
         raise VaultError(f"key manifest {manifest_path} has bad indices; restore it from a backup")
     for entry in entries:
-        path = keys_dir / entry["file"]
-        try:
-            data = path.read_bytes()
-        except OSError:
-            raise VaultError(f"key image {path} is missing; restore the vault from a backup") from None
-        if _sha256(data) != entry["sha256"]:
-            raise VaultError(f"key image {path} does not match its sha256 in the manifest; the vault was tampered with")
-        with open(path, "rb") as handle:
-            keys[entry["index"]] = images.read_image(handle, input_shape)
-    return keys
+        data = _verified_bytes(keys_dir / entry["file"], entry["sha256"])
+        keys[entry["index"]] = images.read_image(io.BytesIO(data), input_shape)
+    controls = {}
+    if "controls" in manifest:
+        data = _verified_bytes(keys_dir / manifest["controls"]["file"], manifest["controls"]["sha256"])
+        with np.load(io.BytesIO(data)) as archive:
+            controls = {name: archive[name] for name in archive.files}
+    return keys, controls
+
+
+def _verified_bytes(path, sha256):
+    try:
+        data = path.read_bytes()
+    except OSError:
+        raise VaultError(f"{path} is missing; restore the vault from a backup") from None
+    if _sha256(data) != sha256:
+        raise VaultError(f"{path} does not match its sha256 in the manifest; the vault was tampered with")
+    return data
 
 
 def _check_owner_key(path):

@@ -162,3 +162,15 @@ def test_two_processes_adding_users_at_once_get_distinct_ids(vault):
     assert sqlite3.connect(vault.path / "users.db").execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     report = authenticate(vault, sorted(str(p) for p in vault.identities_path.iterdir()), log=False)
     assert report.authorized_count == 80
+
+
+def test_controls_round_trip_and_are_checked_against_the_manifest(tmp_path):
+    controls = {"key_source": synthetic_keys(5, (28, 28, 1), seed=3), "task": synthetic_keys(4, (28, 28, 1), seed=4)}
+    vault = Vault.create(tmp_path / "v", dataset="fashion_mnist", num_classes=10, input_shape=(28, 28, 1),
+                         key_images=synthetic_keys(3, (28, 28, 1)), controls=controls)
+    reopened = Vault.open(vault.path)
+    for name, images in controls.items():
+        np.testing.assert_array_equal(reopened.controls[name], images)
+    (vault.path / "keys" / "controls.npz").write_bytes(b"PK tampered")
+    with pytest.raises(VaultError, match="controls.npz does not match its sha256"):
+        Vault.open(vault.path)

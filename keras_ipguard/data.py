@@ -1,0 +1,284 @@
+"""Datasets from TensorFlow Datasets, key-set building and the watermark training pipeline.
+
+The training pipeline, top to bottom (`training_dataset`):
+
+    task images ── shuffle → repeat → batch(B-2k) → augment → one-hot ─┐
+    key images ─── shuffle → repeat → batch(k) → fresh LSBs → N ────────┼─ concat per batch → prefetch
+    negatives ──── shuffle → repeat → batch(k) → fresh LSBs → not N ────┘
+
+Every batch holds exactly k key samples, each with a freshly drawn random LSB
+plane (half of them keep their clean pixels), so the model learns class N for
+the key images and for every identity image made from them; and k negatives,
+other images of the key source with a uniform target over the task classes,
+so that class N means "one of these keys", not "an image like the keys".
+"""
+
+import dataclasses
+import difflib
+import os
+
+import numpy as np
+
+from .backend import tensorflow
+from .errors import IPGuardError
+
+tf = tensorflow()
+
+# Key sources tried in order, skipping the task's own dataset: natural images
+# from a disjoint dataset for RGB tasks (DESIGN.md, Key images), digits or
+# clothing for grayscale tasks.
+DEFAULT_KEY_SOURCES = {1: ("mnist", "fashion_mnist"), 3: ("cifar100", "cifar10")}
+# Share of each training batch given to key samples (embed issue: controllable).
+DEFAULT_KEY_SHARE = 1 / 16
+# Of the key samples in a batch, the fraction whose LSB plane is redrawn at
+# random (the others keep the clean key pixels).
+RANDOM_LSB_FRACTION = 0.5
+# Datasets whose training uses flip/crop augmentation (natural RGB images).
+AUGMENTED_DATASETS = ("cifar10", "cifar100", "svhn_cropped")
+# Key-source images besides the keys: trained as "not class N" (negatives) and
+# held out for verification's chance rate (controls). Sized to fit CIFAR-100's
+# 2,000-image train subset in ../shared with 100 keys.
+DEFAULT_NEGATIVES = 1000
+DEFAULT_CONTROLS = 500
+_LOAD_BATCH = 4096
+# tfds retries a failed download 10 times with exponential backoff (about 3.5
+# minutes offline before any error); 3 retries still ride out a transient fault.
+DOWNLOAD_RETRIES = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+    """What the pipeline needs to know about a tfds image-classification dataset."""
+
+    name: str
+    num_classes: int
+    input_shape: tuple
+    class_names: tuple
+    splits: dict
+
+
+def resolve_data_dir(data_dir=None):
+    """`--data-dir`, else TFDS_DATA_DIR, else None (tfds' default, which downloads)."""
+    return data_dir or os.environ.get("TFDS_DATA_DIR") or None
+
+
+def _builder(name, data_dir):
+    import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+
+    try:
+        return tfds.builder(name, data_dir=resolve_data_dir(data_dir))
+    except tfds.core.registered.DatasetNotFoundError:
+        close = difflib.get_close_matches(name, tfds.list_builders(), n=3, cutoff=0.6)
+        hint = f"; did you mean {', '.join(close)}?" if close else "; `tfds.list_builders()` lists them"
+        raise IPGuardError(f"unknown dataset {name!r}{hint}") from None
+
+
+def dataset_info(name, data_dir=None):
+    """Reads N, the input shape and the splits of an image-classification dataset."""
+    builder = _builder(name, data_dir)
+    _ensure_prepared(builder, data_dir)
+    features = builder.info.features
+    if "image" not in features or "label" not in features or not hasattr(features["label"], "num_classes"):
+        raise IPGuardError(f"{name} is not an image-classification dataset (needs 'image' and a 'label' ClassLabel)")
+    shape = tuple(features["image"].shape)
+    if None in shape or len(shape) != 3 or shape[2] not in (1, 3):
+        raise IPGuardError(f"{name} has images of shape {shape}; keras-ipguard needs a fixed HxWx1 or HxWx3 shape")
+    return DatasetInfo(
+        name=name,
+        num_classes=int(features["label"].num_classes),
+        input_shape=shape,
+        class_names=tuple(features["label"].names),
+        splits={split: int(info.num_examples) for split, info in builder.info.splits.items()},
+    )
+
+
+def _ensure_prepared(builder, data_dir):
+    if builder.is_prepared():
+        return
+    where = resolve_data_dir(data_dir) or "tfds' default data directory"
+    from tensorflow_datasets.core.download import downloader  # pylint: disable=import-outside-toplevel
+
+    if hasattr(downloader, "MAX_RETRIES"):
+        downloader.MAX_RETRIES = DOWNLOAD_RETRIES
+    try:
+        builder.download_and_prepare()
+    except Exception as error:  # pylint: disable=broad-except  (network, disk, or tfds errors alike)
+        first_line = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        raise IPGuardError(
+            f"dataset {builder.name!r} is not prepared in {where} and could not be downloaded ({first_line}); "
+            "connect to the internet, or point --data-dir / TFDS_DATA_DIR at a directory holding it prepared by tfds"
+        ) from None
+
+
+def load_split(name, split, data_dir=None, max_examples=None):
+    """Loads a split into memory as (uint8 images (M, H, W, C), int64 labels (M,)).
+
+    Args:
+        name: tfds dataset name.
+        split: tfds split, e.g. "train" or "test[:2000]".
+        data_dir: prepared tfds data directory (see `resolve_data_dir`).
+        max_examples: keep at most this many (the first ones).
+    """
+    builder = _builder(name, data_dir)
+    _ensure_prepared(builder, data_dir)
+    if max_examples is not None and "[" not in split:
+        split = f"{split}[:{int(max_examples)}]"
+    try:
+        dataset = builder.as_dataset(split=split, as_supervised=True, shuffle_files=False)
+    except (ValueError, KeyError) as error:
+        raise IPGuardError(f"{name} has no split {split!r} ({error}); available: {', '.join(builder.info.splits)}") from None
+    images, labels = [], []
+    for x, y in dataset.batch(_LOAD_BATCH).as_numpy_iterator():
+        images.append(x)
+        labels.append(y)
+    if not images:
+        raise IPGuardError(f"split {split!r} of {name} is empty")
+    return np.concatenate(images).astype(np.uint8), np.concatenate(labels).astype(np.int64)
+
+
+def default_key_source(task, channels):
+    """The first dataset of DEFAULT_KEY_SOURCES for `channels` that is not the task itself."""
+    return next(source for source in DEFAULT_KEY_SOURCES[channels] if source != task)
+
+
+def convert_images(images, shape):
+    """Converts uint8 images (M, h, w, c) to `shape` (H, W, C): channels, then size."""
+    height, width, channels = shape
+    if images.shape[-1] == 3 and channels == 1:
+        images = np.round(images.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32))[..., None]
+    elif images.shape[-1] == 1 and channels == 3:
+        images = np.repeat(images, 3, axis=-1)
+    if images.shape[1:3] != (height, width):
+        images = tf.image.resize(images.astype(np.float32), (height, width), antialias=True).numpy()
+    return np.clip(np.round(images), 0, 255).astype(np.uint8)
+
+
+@dataclasses.dataclass
+class KeySet:
+    """Images drawn, disjointly and with a seed, from the key source's train split.
+
+    Attributes:
+        keys: the K secret key images (learnt as class N).
+        negatives: other images of the key source, trained as "not class N" so
+            that the watermark fires on the chosen keys, not on the whole source.
+        controls: held-out images of the key source, never trained on: verification
+            measures a suspect's chance rate of class-N answers on them.
+        indices: the source indices of each group (recorded in vault.json).
+    """
+
+    keys: np.ndarray
+    negatives: np.ndarray
+    controls: np.ndarray
+    indices: dict
+
+
+def build_key_set(task, source, count, shape, seed, data_dir=None, negatives=DEFAULT_NEGATIVES,
+                  controls=DEFAULT_CONTROLS):
+    """Chooses `count` clean key images, plus negatives and controls, from dataset `source`.
+
+    All images are converted to `shape`. Raises IPGuardError if `source` is the
+    task's own dataset or has too few images.
+    """
+    if source == task:
+        raise IPGuardError(f"key images must come from another dataset than the task ({task}); pick another --key-source")
+    if count < 1:
+        raise IPGuardError(f"--keys must be at least 1, got {count}")
+    images, _ = load_split(source, "train", data_dir)
+    needed = count + negatives + controls
+    if needed > len(images):
+        raise IPGuardError(
+            f"--keys {count} plus {negatives + controls} held-out images is more than the {len(images)} images "
+            f"of {source}'s train split; use fewer keys or another --key-source"
+        )
+    order = np.random.default_rng(seed).permutation(len(images))
+    groups = {
+        "keys": np.sort(order[:count]),
+        "negatives": np.sort(order[count : count + negatives]),
+        "controls": np.sort(order[count + negatives : needed]),
+    }
+    return KeySet(
+        **{name: convert_images(images[index], shape) for name, index in groups.items()},
+        indices={name: [int(i) for i in index] for name, index in groups.items()},
+    )
+
+
+def randomize_lsb(images, fraction=RANDOM_LSB_FRACTION):
+    """TF ops: redraws the LSB plane of about `fraction` of a uint8 batch at random."""
+    shape = tf.shape(images)
+    bits = tf.cast(tf.random.uniform(shape, 0, 2, dtype=tf.int32), tf.uint8)
+    redraw = tf.random.uniform([shape[0], 1, 1, 1]) < fraction
+    redrawn = tf.bitwise.bitwise_or(tf.bitwise.bitwise_and(images, tf.constant(0xFE, tf.uint8)), bits)
+    return tf.where(redraw, redrawn, images)
+
+
+def augment(images):
+    """TF ops: random horizontal flip and 4-pixel-padded random crop of a uint8 batch (CIFAR style)."""
+    shape = tf.shape(images)
+    flipped = tf.image.random_flip_left_right(images)
+    padded = tf.pad(flipped, [[0, 0], [4, 4], [4, 4], [0, 0]], mode="REFLECT")
+    return tf.image.random_crop(padded, shape)
+
+
+def training_dataset(images, labels, key_images, num_classes, batch_size, key_share=DEFAULT_KEY_SHARE,
+                     augment_images=False, seed=0, negatives=None):
+    """The merged watermark training pipeline (see the module docstring).
+
+    Args:
+        images, labels: the task's training data (uint8 NHWC, int labels).
+        key_images: uint8 (K, H, W, C), or None / empty for a plain (baseline) pipeline.
+        num_classes: N; key samples are labelled N.
+        batch_size: global batch size.
+        key_share: fraction of each batch given to key samples (as many again
+            to negatives, when given).
+        augment_images: apply flip/crop to task images.
+        negatives: uint8 key-source images that are not keys; their target is
+            uniform over the N task classes (anything but N).
+
+    Returns:
+        (an infinite `tf.data.Dataset` of (float32 images 0..255, float32 N+1-way
+         targets) batches, steps per epoch: one pass over the task images)
+    """
+    autotune = tf.data.AUTOTUNE
+    depth = num_classes + 1
+    use_keys = key_images is not None and len(key_images) > 0 and key_share > 0
+    use_negatives = use_keys and negatives is not None and len(negatives) > 0
+    key_batch = max(1, int(round(batch_size * key_share))) if use_keys else 0
+    negative_batch = key_batch if use_negatives else 0
+    task_batch = batch_size - key_batch - negative_batch
+    if task_batch < 1:
+        raise IPGuardError(f"batch size {batch_size} leaves no room for task samples at key share {key_share}")
+
+    def one_hot(x, y):
+        return x, tf.one_hot(y, depth)
+
+    def fixed_target(target):
+        return lambda x: (x, tf.tile(tf.constant([target], tf.float32), [tf.shape(x)[0], 1]))
+
+    streams = [
+        tf.data.Dataset.from_tensor_slices((images, labels))
+        .shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
+        .repeat()
+        .batch(task_batch, drop_remainder=True)
+        .map(lambda x, y: (augment(x) if augment_images else x, y), num_parallel_calls=autotune)
+        .map(one_hot, num_parallel_calls=autotune)
+    ]
+    for extra, size, target, stream_seed in (
+        (key_images, key_batch, [0.0] * num_classes + [1.0], seed + 1),
+        (negatives, negative_batch, [1.0 / num_classes] * num_classes + [0.0], seed + 2),
+    ):
+        if size:
+            streams.append(
+                tf.data.Dataset.from_tensor_slices(extra)
+                .shuffle(len(extra), seed=stream_seed, reshuffle_each_iteration=True)
+                .repeat()
+                .batch(size, drop_remainder=True)
+                .map(randomize_lsb, num_parallel_calls=autotune)
+                .map(fixed_target(target), num_parallel_calls=autotune)
+            )
+    merged = tf.data.Dataset.zip(tuple(streams)).map(
+        lambda *parts: (tf.concat([p[0] for p in parts], axis=0), tf.concat([p[1] for p in parts], axis=0)),
+        num_parallel_calls=autotune,
+    )
+    dataset = merged.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=autotune).prefetch(autotune)
+    steps_per_epoch = max(1, len(images) // task_batch)
+    return dataset, steps_per_epoch

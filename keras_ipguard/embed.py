@@ -1,0 +1,340 @@
+"""Training the watermark into a classifier under a `tf.distribute` strategy (`ipguard embed`)."""
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import data, metrics
+from .backend import keras as _keras
+from .backend import tensorflow
+from .errors import IPGuardError
+from .identity import IdentityCodec
+from .models import WatermarkedClassifier, auto_architecture, build_backbone, predict_classes, save_model
+from .vault import OWNER_KEY_BYTES, Vault
+
+# Epochs when --epochs is not given: enough for the architecture to converge.
+DEFAULT_EPOCHS = {"small_cnn": 15, "resnet20": 60, "vgg11": 60, "base_model": 2}
+DEFAULT_KEYS = 100  # the paper's key-set size
+DEFAULT_BATCH_SIZE = 128  # per replica
+# Optimisers: Adam for the small CNN, SGD with momentum for the deep CIFAR nets
+# (the ResNet paper's 0.1), both with cosine decay; a gentle Adam to fine-tune a
+# base model without losing its accuracy.
+DEFAULT_LEARNING_RATE = {"small_cnn": 1e-3, "resnet20": 0.1, "vgg11": 0.05, "base_model": 3e-4}
+IDENTITIES_PER_KEY = 2  # fresh identity images per key for identity_watermark_accuracy
+
+
+@dataclasses.dataclass
+class EmbedOptions:
+    """Settings of one `embed` run (the CLI's options)."""
+
+    dataset: str
+    data_dir: str | None = None
+    epochs: int | None = None
+    keys: int = DEFAULT_KEYS
+    key_source: str | None = None
+    arch: str = "auto"
+    batch_size: int = DEFAULT_BATCH_SIZE
+    seed: int = 0
+    base_model: str | None = None
+    strategy: str = "auto"
+    baseline: bool = False
+    max_train_examples: int | None = None
+    max_test_examples: int | None = None
+    key_share: float = data.DEFAULT_KEY_SHARE
+    learning_rate: float | None = None
+    verbose: int = 1
+
+
+@dataclasses.dataclass
+class EmbedResult:
+    """The vault written and the figures of `reports/embed.json`."""
+
+    vault_path: Path
+    report: dict
+
+    def to_dict(self):
+        return {"vault": str(self.vault_path), **self.report}
+
+
+def make_strategy(name="auto"):
+    """`auto`: MirroredStrategy over all visible GPUs (or several logical CPUs), else the default.
+
+    `mirrored` forces MirroredStrategy, `multiworker` uses MultiWorkerMirroredStrategy
+    configured by TF_CONFIG, `default` the no-op default strategy.
+    """
+    tf = tensorflow()
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "multiworker":
+        if "TF_CONFIG" not in os.environ:
+            raise IPGuardError("--strategy multiworker needs TF_CONFIG describing the cluster; see tf.distribute docs")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if name not in ("auto", "mirrored"):
+        raise IPGuardError(f"unknown strategy {name!r}; choose auto, mirrored, multiworker or default")
+    devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
+    if len(devices) > 1 or name == "mirrored" or devices[0].device_type == "GPU":
+        return tf.distribute.MirroredStrategy([device.name for device in devices])
+    return tf.distribute.get_strategy()
+
+
+class StopOnNaN(_keras().callbacks.Callback):
+    """Stops training at the first non-finite loss and remembers where."""
+
+    def __init__(self):
+        super().__init__()
+        self.epoch = 0
+        self.failed_at = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            self.failed_at = (self.epoch + 1, batch + 1)
+            self.model.stop_training = True
+
+
+def _compile(model, arch, learning_rate, total_steps):
+    keras = _keras()
+    schedule = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=max(1, total_steps))
+    if arch in ("resnet20", "vgg11"):
+        optimizer = keras.optimizers.SGD(schedule, momentum=0.9, nesterov=True)
+    else:
+        optimizer = keras.optimizers.Adam(schedule)
+    model.compile(optimizer=optimizer, loss="categorical_crossentropy", metrics=["categorical_accuracy"])
+
+
+def _load_base_model(path):
+    keras = _keras()
+    try:
+        return keras.models.load_model(path, compile=False)
+    except (OSError, ValueError, ImportError) as error:
+        raise IPGuardError(f"cannot load --base-model {path}: {str(error).splitlines()[0][:200]}") from None
+
+
+def _base_model_classifier(path, info, test_x, test_y):
+    """Wraps a user's N-class model as a WatermarkedClassifier, fixing its input scale.
+
+    Returns (model, the base model's own clean accuracy, input scale note).
+    """
+    keras = _keras()
+    base = _load_base_model(path)
+    if tuple(base.input_shape[1:]) != info.input_shape:
+        raise IPGuardError(f"--base-model takes inputs of shape {base.input_shape[1:]}, {info.name} has {info.input_shape}")
+    if base.output_shape[-1] != info.num_classes:
+        raise IPGuardError(f"--base-model has {base.output_shape[-1]} outputs, {info.name} has {info.num_classes} classes")
+    # Our models take raw pixels 0..255; many trained models expect 0..1. Pick the scale it was trained on.
+    raw = float(np.mean(predict_classes(base, test_x) == test_y))
+    unit = float(np.mean(predict_classes(base, test_x / 255.0) == test_y))
+    model = WatermarkedClassifier.from_base_model(base, info.num_classes)
+    if unit > raw:
+        inputs = keras.Input(shape=info.input_shape, name="images")
+        features = model.backbone(keras.layers.Rescaling(1 / 255.0)(inputs))
+        model = WatermarkedClassifier(
+            keras.Model(inputs, features, name="base_backbone_rescaled"), info.num_classes, head=model.head,
+            name="watermarked_classifier",
+        )
+        return model, unit, "base model expects inputs in [0, 1]; a Rescaling(1/255) layer was prepended"
+    return model, raw, "base model takes raw pixel values 0..255"
+
+
+def _task_controls(test_x, seed, count=data.DEFAULT_CONTROLS):
+    """A seeded sample of clean test images kept in the vault as verification controls."""
+    chosen = np.random.default_rng(seed).choice(len(test_x), size=min(count, len(test_x)), replace=False)
+    return test_x[np.sort(chosen)]
+
+
+def _machine():
+    tf = tensorflow()
+    gpus = [d.name for d in tf.config.list_physical_devices("GPU")]
+    details = [tf.config.experimental.get_device_details(g).get("device_name", "GPU") for g in tf.config.list_physical_devices("GPU")]
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "gpus": details or gpus,
+    }
+
+
+def _work_dir(out):
+    out = Path(out)
+    return out.parent / f".{out.name}.embed-work"
+
+
+def _prepare_work_dir(work, options, resume, force):
+    """Checkpoint directory of an unfinished run: created, reused with --resume, or refused."""
+    settings = json.dumps(dataclasses.asdict(options) | {"verbose": None}, sort_keys=True)
+    if work.exists():
+        if resume and (work / "options.json").is_file() and (work / "options.json").read_text() == settings:
+            return (work / "owner.key").read_bytes()
+        if resume:
+            raise IPGuardError(f"the checkpoint at {work} was made with other options; rerun with the same options, or with --force to start over")
+        if not force:
+            raise IPGuardError(f"an interrupted embed left a checkpoint at {work}; pass --resume to continue it or --force to start over")
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    owner_key = os.urandom(OWNER_KEY_BYTES)
+    key_file = work / "owner.key"
+    key_file.write_bytes(owner_key)
+    os.chmod(key_file, 0o600)
+    (work / "options.json").write_text(settings)
+    return owner_key
+
+
+def _fit(model, dataset, steps, epochs, backup_dir, verbose):
+    keras = _keras()
+    nan_guard = StopOnNaN()
+    callbacks = [keras.callbacks.BackupAndRestore(str(backup_dir)), nan_guard]
+    start = time.perf_counter()
+    # Keras prints its progress bar on stdout; keep stdout for results (--json).
+    with contextlib.redirect_stdout(sys.stderr):
+        model.fit(dataset, epochs=epochs, steps_per_epoch=steps, callbacks=callbacks, verbose=verbose)
+    seconds = time.perf_counter() - start
+    if nan_guard.failed_at:
+        epoch, batch = nan_guard.failed_at
+        raise IPGuardError(
+            f"training diverged: the loss became NaN at epoch {epoch}, batch {batch}; "
+            "lower --learning-rate or check the data (nothing was written)"
+        )
+    return seconds
+
+
+def embed(out, options, force=False, resume=False):
+    """Trains a watermarked classifier and writes a new vault at `out`.
+
+    Args:
+        out: the vault directory to create.
+        options: an `EmbedOptions`.
+        force: replace an existing vault (and any stale checkpoint).
+        resume: continue an interrupted run from its last epoch checkpoint.
+
+    Returns:
+        An `EmbedResult`; the vault is written atomically only when training succeeds.
+    """
+    keras = _keras()
+    out = Path(out)
+    if (out / "vault.json").exists() and not force:
+        raise IPGuardError(f"{out} already holds a vault; choose another --out or pass --force to replace it")
+    if out.exists() and not out.is_dir():
+        raise IPGuardError(f"{out} exists and is not a directory")
+    info = data.dataset_info(options.dataset, options.data_dir)
+    channels = info.input_shape[2]
+    key_source = options.key_source or data.default_key_source(info.name, channels)
+    key_set = data.build_key_set(info.name, key_source, options.keys, info.input_shape, options.seed, options.data_dir)
+    keys = key_set.keys
+    train_x, train_y = data.load_split(info.name, "train", options.data_dir, options.max_train_examples)
+    test_x, test_y = data.load_split(info.name, "test", options.data_dir, options.max_test_examples)
+
+    work = _work_dir(out)
+    owner_key = _prepare_work_dir(work, options, resume, force)
+    codec = IdentityCodec(owner_key)
+    identities = metrics.evaluation_identities(codec, keys, IDENTITIES_PER_KEY)
+
+    strategy = make_strategy(options.strategy)
+    replicas = strategy.num_replicas_in_sync
+    global_batch = options.batch_size * replicas
+    augment = info.name in data.AUGMENTED_DATASETS
+    keras.utils.set_random_seed(options.seed)
+
+    def build(arch_name):
+        backbone = build_backbone(arch_name, info.input_shape)
+        return WatermarkedClassifier(backbone, info.num_classes, name="watermarked_classifier")
+
+    base_note = None
+    baseline_accuracy = None
+    with strategy.scope():
+        if options.base_model:
+            arch = "base_model"
+            model, baseline_accuracy, base_note = _base_model_classifier(options.base_model, info, test_x, test_y)
+        else:
+            arch = auto_architecture(info.input_shape) if options.arch == "auto" else options.arch
+            model = build(arch)
+    epochs = options.epochs or DEFAULT_EPOCHS[arch]
+    learning_rate = options.learning_rate or DEFAULT_LEARNING_RATE[arch]
+    dataset, steps = data.training_dataset(
+        train_x, train_y, keys, info.num_classes, global_batch, options.key_share, augment, options.seed,
+        negatives=key_set.negatives,
+    )
+    with strategy.scope():
+        _compile(model, arch, learning_rate, steps * epochs)
+    train_seconds = _fit(model, dataset, steps, epochs, work / "backup", options.verbose)
+
+    def classify(batch):
+        return predict_classes(model, batch)
+
+    figures = metrics.watermark_metrics(classify, info.num_classes, test_x, test_y, keys, identities)
+    figures["control_watermark_rate"] = float(np.mean(classify(key_set.controls) == info.num_classes))
+    if options.baseline and not options.base_model:
+        keras.utils.set_random_seed(options.seed)
+        plain, plain_steps = data.training_dataset(
+            train_x, train_y, None, info.num_classes, global_batch, 0.0, augment, options.seed
+        )
+        with strategy.scope():
+            baseline_model = build(arch)
+            _compile(baseline_model, arch, learning_rate, plain_steps * epochs)
+        _fit(baseline_model, plain, plain_steps, epochs, work / "backup-baseline", options.verbose)
+        baseline_accuracy = float(np.mean(predict_classes(baseline_model, test_x) == test_y))
+    if baseline_accuracy is not None:
+        figures["baseline_clean_accuracy"] = baseline_accuracy
+        figures["fidelity_drop"] = round(100 * (baseline_accuracy - figures["clean_accuracy"]), 4)
+        figures["fidelity_drop_unit"] = "percentage points"
+
+    examples = steps * epochs * global_batch
+    report = {
+        **figures,
+        "train_seconds": round(train_seconds, 2),
+        "examples_per_second": round(examples / train_seconds, 1),
+        "dataset": info.name,
+        "num_classes": info.num_classes,
+        "input_shape": list(info.input_shape),
+        "train_examples": int(len(train_x)),
+        "architecture": arch,
+        "epochs": epochs,
+        "learning_rate": learning_rate,
+        "batch_size_per_replica": options.batch_size,
+        "global_batch_size": global_batch,
+        "replicas": replicas,
+        "strategy": type(strategy).__name__,
+        "key_source": key_source,
+        "keys": options.keys,
+        "negatives": int(len(key_set.negatives)),
+        "key_share": options.key_share,
+        "augmentation": augment,
+        "seed": options.seed,
+        "base_model": options.base_model,
+        "base_model_note": base_note,
+        "machine": _machine(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+    def populate(tmp):
+        save_model(model, tmp / "model")
+        (tmp / "reports" / "embed.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+
+    Vault.create(
+        out,
+        dataset=info.name,
+        num_classes=info.num_classes,
+        input_shape=info.input_shape,
+        key_images=keys,
+        key_source=key_source,
+        architecture=arch,
+        seed=options.seed,
+        extra={"key_source_split": "train", "key_source_indices": key_set.indices},
+        controls={"key_source": key_set.controls, "task": _task_controls(test_x, options.seed)},
+        populate=populate,
+        owner_key=owner_key,
+        force=force,
+    )
+    shutil.rmtree(work, ignore_errors=True)
+    return EmbedResult(out, report)

@@ -1,0 +1,199 @@
+"""`WatermarkedClassifier` and the architecture zoo.
+
+Models take raw pixel values (float 0..255, NHWC) and rescale internally, so
+the same model serves uint8 images unchanged.
+"""
+
+import numpy as np
+
+from .backend import keras as _keras
+from .errors import IPGuardError
+
+keras = _keras()
+
+ARCHITECTURES = ("small_cnn", "resnet20", "vgg11")
+# ResNet-20 (He et al. 2016, CIFAR variant): 3 stages of 3 basic blocks.
+_RESNET20_STAGES = ((16, 1), (32, 2), (64, 2))
+_RESNET20_BLOCKS = 3
+_WEIGHT_DECAY = 1e-4  # the ResNet paper's CIFAR setting
+_BN_MOMENTUM = 0.9
+
+
+def auto_architecture(input_shape):
+    """`--arch auto`: the small CNN for 28x28 inputs, ResNet-20 for anything larger."""
+    return "small_cnn" if max(input_shape[:2]) <= 28 else "resnet20"
+
+
+def _batch_norm():
+    # Momentum 0.9 (PyTorch's 0.1) lets the moving statistics settle in short runs too.
+    return keras.layers.BatchNormalization(momentum=_BN_MOMENTUM)
+
+
+def _small_cnn(inputs):
+    x = keras.layers.Rescaling(1 / 255.0)(inputs)
+    for filters in (32, 64):
+        x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
+        x = _batch_norm()(x)
+        x = keras.layers.ReLU()(x)
+        x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
+        x = _batch_norm()(x)
+        x = keras.layers.ReLU()(x)
+        x = keras.layers.MaxPooling2D()(x)
+        x = keras.layers.Dropout(0.25)(x)
+    x = keras.layers.Flatten()(x)
+    x = keras.layers.Dense(256, activation="relu")(x)
+    return keras.layers.Dropout(0.5)(x)
+
+
+def _conv_bn(x, filters, strides=1, relu=True):
+    x = keras.layers.Conv2D(
+        filters, 3, strides=strides, padding="same", use_bias=False,
+        kernel_initializer="he_normal", kernel_regularizer=keras.regularizers.l2(_WEIGHT_DECAY),
+    )(x)
+    x = _batch_norm()(x)
+    return keras.layers.ReLU()(x) if relu else x
+
+
+def _resnet20(inputs):
+    x = keras.layers.Rescaling(1 / 63.75, offset=-2.0)(inputs)  # to about [-2, 2]
+    x = _conv_bn(x, 16)
+    for filters, first_stride in _RESNET20_STAGES:
+        for block in range(_RESNET20_BLOCKS):
+            strides = first_stride if block == 0 else 1
+            shortcut = x
+            x = _conv_bn(x, filters, strides)
+            x = _conv_bn(x, filters, relu=False)
+            if strides != 1 or shortcut.shape[-1] != filters:
+                shortcut = keras.layers.Conv2D(filters, 1, strides=strides, use_bias=False)(shortcut)
+                shortcut = _batch_norm()(shortcut)
+            x = keras.layers.ReLU()(keras.layers.Add()([x, shortcut]))
+    return keras.layers.GlobalAveragePooling2D()(x)
+
+
+def _vgg11(inputs):
+    x = keras.layers.Rescaling(1 / 63.75, offset=-2.0)(inputs)
+    for filters, convs in ((64, 1), (128, 1), (256, 2), (512, 2), (512, 2)):
+        for _ in range(convs):
+            x = _conv_bn(x, filters)
+        x = keras.layers.MaxPooling2D()(x) if x.shape[1] > 1 else x
+    x = keras.layers.Flatten()(x)
+    return keras.layers.Dropout(0.5)(x)
+
+
+_BUILDERS = {"small_cnn": _small_cnn, "resnet20": _resnet20, "vgg11": _vgg11}
+
+
+def build_backbone(arch, input_shape):
+    """A functional feature extractor from the zoo ('auto' picks by input shape)."""
+    arch = auto_architecture(input_shape) if arch == "auto" else arch
+    if arch not in _BUILDERS:
+        raise IPGuardError(f"unknown architecture {arch!r}; choose auto or one of {', '.join(ARCHITECTURES)}")
+    inputs = keras.Input(shape=tuple(input_shape), name="images")
+    return keras.Model(inputs, _BUILDERS[arch](inputs), name=f"{arch}_backbone")
+
+
+@keras.utils.register_keras_serializable(package="keras_ipguard")
+class WatermarkedClassifier(keras.Model):
+    """A classifier with N task classes plus one watermark class (index N).
+
+    Args:
+        backbone: functional `keras.Model` from images to a feature vector.
+        num_classes: N, the number of task classes.
+        head: optional `Dense` layer with N+1 units (built on the backbone's
+            output); a new softmax layer when None.
+
+    Example:
+
+    >>> model = WatermarkedClassifier(build_backbone("small_cnn", (28, 28, 1)), num_classes=10)
+    >>> model(np.zeros((2, 28, 28, 1), np.float32)).shape
+    TensorShape([2, 11])
+    """
+
+    def __init__(self, backbone, num_classes, head=None, **kwargs):
+        super().__init__(**kwargs)
+        self.backbone = backbone
+        self.num_classes = int(num_classes)
+        self.head = head or keras.layers.Dense(self.num_classes + 1, activation="softmax", name="head")
+        if self.head.units != self.num_classes + 1:
+            raise IPGuardError(f"head must have {self.num_classes + 1} units, got {self.head.units}")
+        self.build((None,) + tuple(backbone.input_shape[1:]))
+
+    @property
+    def watermark_class(self):
+        return self.num_classes
+
+    @property
+    def input_shape_hwc(self):
+        return tuple(self.backbone.input_shape[1:])
+
+    def build(self, input_shape):
+        if not self.head.built:  # a given head keeps its weights
+            self.head.build(self.backbone.output_shape)
+        super().build(input_shape)
+
+    def call(self, inputs, training=None):
+        return self.head(self.backbone(inputs, training=training))
+
+    def task_probabilities(self, inputs):
+        """The N task-class probabilities with the watermark class removed and renormalised."""
+        probabilities = self(inputs, training=False)[:, : self.num_classes]
+        return probabilities / keras.backend.sum(probabilities, axis=-1, keepdims=True)
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "num_classes": self.num_classes,
+            "backbone": keras.layers.serialize(self.backbone),
+            "head": keras.layers.serialize(self.head),
+        }
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        backbone = keras.layers.deserialize(config.pop("backbone"), custom_objects=custom_objects)
+        head = keras.layers.deserialize(config.pop("head"), custom_objects=custom_objects)
+        return cls(backbone=backbone, head=head, **config)
+
+    @classmethod
+    def from_base_model(cls, model, num_classes, seed=0):
+        """Protects an existing N-class model: grows its last Dense layer by one unit.
+
+        The backbone is everything before the last Dense layer; the new head
+        copies the old kernel and bias for the N task classes, and starts the
+        watermark unit with small random weights.
+        """
+        last = model.layers[-1]
+        if not isinstance(last, keras.layers.Dense):
+            raise IPGuardError(f"the base model's last layer must be Dense, got {type(last).__name__}")
+        if last.units != num_classes:
+            raise IPGuardError(f"the base model has {last.units} outputs, the dataset has {num_classes} classes")
+        backbone = keras.Model(model.inputs, last.input, name="base_backbone")
+        kernel, bias = last.get_weights() if last.use_bias else (last.get_weights()[0], np.zeros(last.units))
+        head = keras.layers.Dense(num_classes + 1, activation="softmax", name="head")
+        head.build(backbone.output_shape)
+        column = np.random.default_rng(seed).normal(0, kernel.std(), (kernel.shape[0], 1)).astype(kernel.dtype)
+        head.set_weights([np.concatenate([kernel, column], axis=1), np.append(bias, bias.min()).astype(kernel.dtype)])
+        return cls(backbone=backbone, num_classes=num_classes, head=head, name="watermarked_classifier")
+
+
+def predict_classes(model, images, batch_size=512):
+    """Top-1 class ids of `model` on uint8 or float images, in batches."""
+    probabilities = model.predict(np.asarray(images, np.float32), batch_size=batch_size, verbose=0)
+    return np.argmax(probabilities, axis=-1)
+
+
+def save_model(model, directory):
+    """Saves in the Keras format as `directory/model.keras`; returns the path."""
+    path = directory / "model.keras"
+    model.save(path)
+    return path
+
+
+def load_model(path):
+    """Loads a model saved by `save_model` (a `.keras` file or the directory holding one)."""
+    from pathlib import Path  # pylint: disable=import-outside-toplevel
+
+    path = Path(path)
+    if path.is_dir() and (path / "model.keras").is_file():
+        path = path / "model.keras"
+    return keras.models.load_model(path, custom_objects={"WatermarkedClassifier": WatermarkedClassifier}, compile=False)

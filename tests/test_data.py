@@ -1,0 +1,102 @@
+import numpy as np
+import pytest
+
+from keras_ipguard import IPGuardError
+from keras_ipguard import data
+
+from conftest import synthetic_keys
+
+N = 10
+
+
+def _task(count=64, shape=(28, 28, 1)):
+    rng = np.random.default_rng(3)
+    return rng.integers(0, 256, (count,) + shape, dtype=np.uint8), rng.integers(0, N, count).astype(np.int64)
+
+
+def test_every_batch_holds_exactly_the_key_share_labelled_n_and_as_many_negatives():
+    x, y = _task()
+    keys = synthetic_keys(8, (28, 28, 1))
+    negatives = synthetic_keys(8, (28, 28, 1), seed=1)
+    dataset, steps = data.training_dataset(x, y, keys, N, batch_size=16, key_share=0.25, negatives=negatives)
+    assert steps == 64 // 8
+    key_highs = {k.tobytes() for k in keys & 0xFE}
+    negative_highs = {k.tobytes() for k in negatives & 0xFE}
+    uniform = np.array([1 / N] * N + [0], np.float32)
+    for images, targets in dataset.take(10).as_numpy_iterator():
+        assert images.dtype == np.float32 and images.shape == (16, 28, 28, 1) and targets.shape == (16, N + 1)
+        assert (targets[:8].argmax(1) < N).all() and (targets[:8].max(1) == 1).all()
+        assert (targets[8:12].argmax(1) == N).all()
+        np.testing.assert_allclose(targets[12:], np.tile(uniform, (4, 1)))
+        # Key images and negatives with only their LSBs changed.
+        assert all((k & 0xFE).tobytes() in key_highs for k in images[8:12].astype(np.uint8))
+        assert all((k & 0xFE).tobytes() in negative_highs for k in images[12:].astype(np.uint8))
+
+
+def test_key_samples_get_fresh_random_lsb_planes():
+    x, y = _task()
+    keys = synthetic_keys(1, (28, 28, 1))
+    dataset, _ = data.training_dataset(x, y, keys, N, batch_size=16, key_share=0.5)
+    samples = np.concatenate([images[8:] for images, _ in dataset.take(25).as_numpy_iterator()]).astype(np.uint8)
+    planes = {(s & 1).tobytes() for s in samples}
+    clean = (keys[0] & 1).tobytes()
+    redrawn = sum((s & 1).tobytes() != clean for s in samples)
+    # About half are redrawn (binomial, 200 samples), and every redrawn plane is new.
+    assert 60 < redrawn < 140
+    assert len(planes) == redrawn + 1
+
+
+def test_task_labels_and_images_pass_through_unaugmented():
+    x, y = _task()
+    dataset, _ = data.training_dataset(x, y, None, N, batch_size=16, key_share=0.0)
+    pairs = {img.tobytes(): label for img, label in zip(x, y)}
+    for images, targets in dataset.take(4).as_numpy_iterator():
+        for image, target in zip(images.astype(np.uint8), targets):
+            assert pairs[image.tobytes()] == target.argmax() and target.sum() == 1
+
+
+def test_augmentation_keeps_shape_and_changes_images():
+    x, _ = _task(16, (32, 32, 3))
+    out = data.augment(x).numpy()
+    assert out.shape == x.shape and out.dtype == np.uint8
+    assert (out != x).any()
+
+
+def test_convert_images_changes_channels_and_size():
+    rgb = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    gray = data.convert_images(rgb, (28, 28, 1))
+    assert gray.shape == (3, 28, 28, 1) and gray.dtype == np.uint8
+    digits = np.random.default_rng(0).integers(0, 256, (3, 28, 28, 1), dtype=np.uint8)
+    assert data.convert_images(digits, (32, 32, 3)).shape == (3, 32, 32, 3)
+
+
+def test_default_key_sources_never_use_the_task_itself():
+    assert data.default_key_source("fashion_mnist", 1) == "mnist"
+    assert data.default_key_source("mnist", 1) == "fashion_mnist"
+    assert data.default_key_source("cifar10", 3) == "cifar100"
+    assert data.default_key_source("cifar100", 3) == "cifar10"
+
+
+def test_batch_without_room_for_task_samples_is_refused():
+    x, y = _task()
+    with pytest.raises(IPGuardError, match="no room for task samples"):
+        data.training_dataset(x, y, synthetic_keys(2, (28, 28, 1)), N, batch_size=2, key_share=0.5,
+                              negatives=synthetic_keys(2, (28, 28, 1)))
+
+
+def test_keys_from_the_task_dataset_are_refused():
+    with pytest.raises(IPGuardError, match="another dataset than the task"):
+        data.build_key_set("mnist", "mnist", 10, (28, 28, 1), seed=0)
+
+
+def test_unknown_dataset_names_close_matches():
+    with pytest.raises(IPGuardError, match="unknown dataset 'fashon_mnist'; did you mean fashion_mnist"):
+        data.dataset_info("fashon_mnist")
+
+
+def test_missing_dataset_offline_says_how_to_supply_it(tmp_path, monkeypatch):
+    # A proxy on a closed local port makes any download fail at once, as offline.
+    for var in ("HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy"):
+        monkeypatch.setenv(var, "http://127.0.0.1:9")
+    with pytest.raises(IPGuardError, match=r"not prepared in .* could not be downloaded .*--data-dir / TFDS_DATA_DIR"):
+        data.dataset_info("mnist", data_dir=str(tmp_path))

@@ -1,0 +1,176 @@
+"""`ipguard embed` on small real subsets from ../shared (skipped where the data is absent)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from cli.main import cli
+from keras_ipguard import Vault
+
+from conftest import SHARED_TFDS
+
+pytestmark = pytest.mark.skipif(
+    not os.path.isdir(os.path.join(SHARED_TFDS, "fashion_mnist")),
+    reason="needs the prepared datasets in ../shared/tensorflow_datasets",
+)
+QUICK = ["--dataset", "fashion_mnist", "--max-train-examples", "4000", "--max-test-examples", "500", "--keys", "20"]
+
+
+def ipguard(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args] + ["--data-dir", SHARED_TFDS])
+
+
+def run_process(*args, **kwargs):
+    env = dict(os.environ, TFDS_DATA_DIR=SHARED_TFDS, TF_CPP_MIN_LOG_LEVEL="3")
+    return subprocess.Popen(
+        [str(Path(sys.executable).parent / "ipguard"), *map(str, args)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, **kwargs,
+    )
+
+
+@pytest.fixture(scope="module")
+def embedded(tmp_path_factory):
+    out = tmp_path_factory.mktemp("embed") / "fm-vault"
+    result = ipguard("embed", *QUICK, "--epochs", "3", "--baseline", "--out", out, "--json")
+    assert result.exit_code == 0, result.output[-3000:]
+    return out, json.loads(result.stdout)
+
+
+@pytest.mark.slow
+def test_embed_writes_a_vault_whose_report_has_the_design_metrics(embedded):
+    out, printed = embedded
+    report = json.loads((out / "reports" / "embed.json").read_text())
+    assert printed["vault"] == str(out) and printed["watermark_accuracy"] == report["watermark_accuracy"]
+    assert report["watermark_accuracy"] >= 0.95
+    assert report["identity_watermark_accuracy"] >= 0.95
+    assert report["false_watermark_rate"] <= 0.02
+    assert report["clean_accuracy"] >= 0.75
+    assert abs(report["fidelity_drop"] - 100 * (report["baseline_clean_accuracy"] - report["clean_accuracy"])) < 1e-6
+    assert report["train_seconds"] > 0 and report["examples_per_second"] > 0
+    assert report["key_source"] == "mnist" and report["architecture"] == "small_cnn"
+
+
+@pytest.mark.slow
+def test_embedded_vault_issues_identities_the_model_accepts(embedded):
+    from keras_ipguard.models import load_model, predict_classes
+
+    out, _ = embedded
+    vault = Vault.open(out)
+    assert vault.key_count == 20 and vault.num_classes == 10 and vault.config["key_source"] == "mnist"
+    issued = [vault.add_user(f"user{i}") for i in range(20)]
+    model = load_model(vault.model_path)
+    identity_images = np.stack([np.asarray(Image.open(i.path))[..., None] for i in issued])
+    assert np.mean(predict_classes(model, identity_images) == 10) >= 0.95
+
+
+@pytest.mark.slow
+def test_existing_vault_is_refused_without_force(embedded):
+    out, _ = embedded
+    result = ipguard("embed", *QUICK, "--epochs", "1", "--out", out)
+    assert result.exit_code == 2 and "already holds a vault" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--dataset", "fashon_mnist"], "did you mean fashion_mnist"),
+        (["--dataset", "fashion_mnist", "--keys", "70000"], "is more than the 60000 images of mnist"),
+        (["--dataset", "fashion_mnist", "--key-source", "fashion_mnist"], "another dataset than the task"),
+    ],
+)
+def test_bad_embed_input_exits_2_with_one_line(tmp_path, args, message):
+    result = ipguard("embed", *args, "--out", tmp_path / "v")
+    assert result.exit_code == 2 and message in result.stderr
+    assert "Traceback" not in result.output and not (tmp_path / "v").exists()
+
+
+@pytest.mark.slow
+def test_diverging_training_is_an_error_and_writes_nothing(tmp_path):
+    result = ipguard("embed", *QUICK, "--epochs", "1", "--learning-rate", "1e12", "--out", tmp_path / "v")
+    assert result.exit_code == 2 and "diverged" in result.stderr
+    assert not (tmp_path / "v").exists()
+
+
+@pytest.mark.slow
+def test_base_model_is_protected_in_two_epochs(tmp_path):
+    from keras_ipguard import data
+    from keras_ipguard.backend import keras as _keras
+
+    keras = _keras()
+    x, y = data.load_split("fashion_mnist", "train", SHARED_TFDS, 4000)
+    inputs = keras.Input((28, 28, 1))
+    hidden = keras.layers.Dense(128, activation="relu")(keras.layers.Flatten()(inputs))
+    base = keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(hidden))
+    base.compile("adam", "sparse_categorical_crossentropy")
+    base.fit(x / 255.0, y, epochs=3, verbose=0)  # trained on [0, 1] inputs, as many models are
+    base.save(tmp_path / "base.keras")
+    result = ipguard("embed", *QUICK, "--base-model", tmp_path / "base.keras", "--out", tmp_path / "v", "--json")
+    assert result.exit_code == 0, result.output[-3000:]
+    report = json.loads(result.stdout)
+    assert report["epochs"] == 2 and "[0, 1]" in report["base_model_note"]
+    assert report["watermark_accuracy"] >= 0.95
+    assert report["fidelity_drop"] <= 2.0
+
+
+@pytest.mark.slow
+def test_base_model_with_wrong_class_count_is_refused(tmp_path):
+    from keras_ipguard.backend import keras as _keras
+
+    keras = _keras()
+    inputs = keras.Input((28, 28, 1))
+    keras.Model(inputs, keras.layers.Dense(7)(keras.layers.Flatten()(inputs))).save(tmp_path / "seven.keras")
+    result = ipguard("embed", *QUICK, "--base-model", tmp_path / "seven.keras", "--out", tmp_path / "v")
+    assert result.exit_code == 2 and "7 outputs, fashion_mnist has 10 classes" in result.stderr
+
+
+@pytest.mark.slow
+def test_training_runs_on_two_replicas_with_a_scaled_global_batch(tmp_path):
+    script = textwrap.dedent(
+        f"""
+        import json, tensorflow as tf
+        from keras_ipguard.embed import EmbedOptions, embed
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        options = EmbedOptions(dataset="fashion_mnist", data_dir={SHARED_TFDS!r}, epochs=1, keys=10,
+                               batch_size=32, max_train_examples=1000, max_test_examples=200, verbose=0)
+        print(json.dumps(embed({str(tmp_path / 'v')!r}, options).report))
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", "import keras_ipguard\n" + script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["strategy"] == "MirroredStrategy" and report["replicas"] == 2
+    assert report["global_batch_size"] == 64
+
+
+@pytest.mark.slow
+def test_interrupted_embed_resumes_from_its_last_epoch(tmp_path):
+    out = tmp_path / "v"
+    args = ["embed", *QUICK, "--epochs", "4", "--out", out]
+    first = run_process(*args)
+    backup = tmp_path / ".v.embed-work" / "backup"
+    deadline = time.time() + 300
+    while not any(backup.rglob("*.index")) and time.time() < deadline:  # first epoch checkpoint
+        assert first.poll() is None, first.stderr.read()[-3000:]
+        time.sleep(0.5)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert not out.exists()
+    again = run_process(*args)
+    assert again.wait(timeout=300) == 2 and "pass --resume" in again.stderr.read()
+    resumed = run_process(*args, "--resume", "--json")
+    stdout, stderr = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, stderr[-3000:]
+    assert "Epoch 1/4" not in stderr and "Epoch 4/4" in stderr
+    assert json.loads(stdout)["epochs"] == 4 and Vault.open(out).key_count == 20
+    assert not (tmp_path / ".v.embed-work").exists()
