@@ -97,6 +97,28 @@ def embed(out, force, resume, as_json, **options):
     emit(as_json, result.to_dict(), "\n".join(lines))
 
 
+@cli.command()
+@vault_option
+@click.option("--model", "model", help="Suspect: Keras model file/dir, SavedModel dir, or TF Serving URL "
+              "(http://host:port/v1/models/NAME) [default: the vault's own model].")
+@json_option
+def verify(vault_path, model, as_json):
+    """Is the suspect model derived from the vault's model? Exit 0 owned, 1 not owned."""
+    from keras_ipguard.verify import verify as run_verify  # pylint: disable=import-outside-toplevel
+
+    vault = Vault.open(vault_path)
+    report = run_verify(vault, model)
+    lines = [
+        f"suspect: {report.suspect}",
+        f"  watermark_accuracy  {report.watermark_accuracy:.4f} ({report.hits}/{report.keys} keys answered class {vault.watermark_class})",
+        f"  chance rate         {report.chance_rate:.4g} (highest smoothed class-{vault.watermark_class} rate on the suspect's non-key controls)",
+    ]
+    lines += [f"    {name:<17} {c['watermark_answers']}/{c['images']}" for name, c in report.chance_rates.items()]
+    lines += [f"  p_value             {report.p_value:.3g} (owned iff < {report.threshold:g})", report.verdict]
+    emit(as_json, report.to_dict(), "\n".join(lines))
+    raise SystemExit(0 if report.owned else 1)
+
+
 @cli.group(cls=IPGuardGroup)
 def users():
     """Issue, list and revoke user licences (identity images)."""
@@ -160,17 +182,25 @@ def _expand_images(paths):
 @cli.command()
 @click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @vault_option
+@click.option("--model", "model", help="Deployed model that must answer the watermark class: Keras model, "
+              "SavedModel dir or TF Serving URL [default: the vault's model, if it has one].")
 @json_option
-def authenticate(images, vault_path, as_json):
+def authenticate(images, vault_path, model, as_json):
     """Check identity IMAGE files (or directories of them) against the vault.
 
-    An image passes when its payload decodes, its MAC verifies and its user is
-    active. Exit 0 when every image is authorized, 1 otherwise.
+    An image passes when its payload decodes, its MAC verifies, its user is
+    active and the model answers the watermark class for it. Exit 0 when every
+    image is authorized, 1 otherwise.
     """
     vault = Vault.open(vault_path)
     files = _expand_images(images)
-    report = keras_ipguard.authenticate(vault, files)
-    note = "model check skipped: the vault holds no model yet, so only payload, MAC and registry were checked"
+    classify, note = None, "model check skipped: the vault holds no model, so only payload, MAC and registry were checked"
+    if model or vault.has_model:
+        from keras_ipguard.suspects import open_suspect  # pylint: disable=import-outside-toplevel
+
+        suspect = open_suspect(model or vault.model_path)
+        classify, note = suspect.classify, f"model checked: {suspect.description}"
+    report = keras_ipguard.authenticate(vault, files, classify=classify)
     if as_json:
         emit(True, {**report.to_dict(), "note": note}, "")
     else:

@@ -226,6 +226,10 @@ class Vault:
         return self.path / MODEL_DIR
 
     @property
+    def has_model(self):
+        return any(self.model_path.iterdir()) if self.model_path.is_dir() else False
+
+    @property
     def reports_path(self):
         return self.path / REPORTS_DIR
 

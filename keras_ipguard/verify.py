@@ -1,4 +1,11 @@
-"""Identity authentication (and, with the verify issue, ownership verification).
+"""Ownership verification and identity authentication.
+
+`verify` queries a suspect with the vault's key images and tests, with a
+one-sided binomial test, whether it answers the watermark class on them more
+often than chance, the chance rate being measured on the suspect itself from
+its answers on non-key control images (held-out key-source images and clean
+test images). A model that answers class N to everything is therefore never
+"owned".
 
 `authenticate` passes an identity image only if all hold (DESIGN.md): it is a
 readable lossless image of the vault's input shape, its payload decodes, the
@@ -8,6 +15,7 @@ the model predicts the watermark class for it. Every refusal names its reason.
 
 import collections
 import dataclasses
+import math
 import os
 
 import numpy as np
@@ -17,6 +25,107 @@ from .errors import ImageInputError, Reason
 
 # Images decoded and classified together; bounds memory for large directories.
 AUTH_BATCH_SIZE = 1024
+# Ownership is claimed when p < this: even a million innocent suspects tested
+# would yield a false claim with probability below 1e-6 (Bonferroni).
+OWNERSHIP_ALPHA = 1e-12
+
+
+def binomial_tail(hits, trials, rate):
+    """P(X >= hits) for X ~ Binomial(trials, rate), computed in log space."""
+    if hits <= 0:
+        return 1.0
+    if rate <= 0:
+        return 0.0
+    if rate >= 1:
+        return 1.0
+    terms = [
+        math.lgamma(trials + 1) - math.lgamma(i + 1) - math.lgamma(trials - i + 1)
+        + i * math.log(rate) + (trials - i) * math.log1p(-rate)
+        for i in range(hits, trials + 1)
+    ]
+    top = max(terms)
+    return min(1.0, math.exp(top) * sum(math.exp(t - top) for t in terms))
+
+
+@dataclasses.dataclass
+class OwnershipReport:
+    """The evidence for or against "this suspect is derived from the vault's model"."""
+
+    suspect: str
+    owned: bool
+    has_watermark_class: bool
+    num_outputs: int | None
+    watermark_accuracy: float
+    hits: int
+    keys: int
+    chance_rate: float
+    chance_rates: dict
+    p_value: float
+    threshold: float
+    verdict: str
+    method: str
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+
+def _laplace_rate(hits, total):
+    # (hits+1)/(total+2): never 0, so a suspect silent on the controls still needs many key hits.
+    return (hits + 1) / (total + 2)
+
+
+def verify(vault, suspect=None, alpha=OWNERSHIP_ALPHA):
+    """Tests whether `suspect` carries the vault's watermark.
+
+    Args:
+        vault: an opened `Vault`.
+        suspect: a Keras model, a path (Keras file/dir, SavedModel dir), a TF
+            Serving REST URL, or a `suspects.Suspect`; None = the vault's model.
+        alpha: decision threshold on the p-value.
+
+    Returns:
+        An `OwnershipReport`.
+    """
+    from .suspects import open_suspect  # pylint: disable=import-outside-toplevel  (imports TensorFlow)
+
+    suspect = open_suspect(vault.model_path if suspect is None else suspect)
+    target = vault.watermark_class
+    answers = np.asarray(suspect.classify(vault.key_images))
+    hits = int(np.sum(answers == target))
+    chance = {}
+    for name, images in sorted(vault.controls.items()):
+        control_hits = int(np.sum(np.asarray(suspect.classify(images)) == target))
+        chance[name] = {"watermark_answers": control_hits, "images": int(len(images)),
+                        "rate": control_hits / max(1, len(images))}
+    has_class = suspect.num_outputs is None or suspect.num_outputs > target
+    # The least favourable (highest) control rate is the chance rate, smoothed so it is never 0.
+    rate = max((_laplace_rate(c["watermark_answers"], c["images"]) for c in chance.values()),
+               default=_laplace_rate(0, 0))
+    p_value = binomial_tail(hits, len(answers), rate) if has_class else 1.0
+    owned = has_class and p_value < alpha
+    if not has_class:
+        verdict = (f"not owned: the suspect has {suspect.num_outputs} outputs and no watermark class {target}; "
+                   "class-N evidence cannot be gathered from it")
+    elif owned:
+        verdict = f"owned: {hits}/{len(answers)} keys answered class {target}, p = {p_value:.3g} < {alpha:g}"
+    else:
+        verdict = f"not owned: {hits}/{len(answers)} keys answered class {target}, p = {p_value:.3g} >= {alpha:g}"
+    return OwnershipReport(
+        suspect=suspect.description,
+        owned=owned,
+        has_watermark_class=has_class,
+        num_outputs=suspect.num_outputs,
+        watermark_accuracy=hits / max(1, len(answers)),
+        hits=hits,
+        keys=int(len(answers)),
+        chance_rate=rate,
+        chance_rates=chance,
+        p_value=p_value,
+        threshold=alpha,
+        verdict=verdict,
+        method=("one-sided binomial test of the key hits; chance rate = the highest Laplace-smoothed rate "
+                "(hits+1)/(n+2) of class-N answers on the suspect's non-key controls; owned iff p < threshold"),
+    )
 
 
 @dataclasses.dataclass
