@@ -7,6 +7,7 @@ take) for --epochs, saves it, protects it with `ipguard embed --base-model`
     python benchmarks/protect_base_model.py --out runs/base-protect
 """
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -34,7 +35,8 @@ def main(out, epochs):
     hidden = keras.layers.Dense(128, activation="relu")(keras.layers.Flatten()(hidden))
     base = keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(hidden))
     base.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
-    base.fit(x / 255.0, y, epochs=epochs, batch_size=128, verbose=2)
+    with contextlib.redirect_stdout(sys.stderr):  # stdout carries only the JSON report
+        base.fit(x / 255.0, y, epochs=epochs, batch_size=128, verbose=2)
     out.mkdir(parents=True, exist_ok=True)
     base.save(out / "base.keras")
     accuracy = base.evaluate(test_x / 255.0, test_y, verbose=0)[1]

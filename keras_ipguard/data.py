@@ -172,29 +172,36 @@ class KeySet:
     indices: dict
 
 
-def build_key_set(task, source, count, shape, seed, data_dir=None, negatives=DEFAULT_NEGATIVES,
-                  controls=DEFAULT_CONTROLS):
-    """Chooses `count` clean key images, plus negatives and controls, from dataset `source`.
-
-    All images are converted to `shape`. Raises IPGuardError if `source` is the
-    task's own dataset or has too few images.
-    """
+def check_key_source(task, source, count, reserve=DEFAULT_NEGATIVES + DEFAULT_CONTROLS, data_dir=None):
+    """Raises IPGuardError unless `source` can give `count` keys plus `reserve` other images for `task`."""
     if source == task:
         raise IPGuardError(f"key images must come from another dataset than the task ({task}); pick another --key-source")
     if count < 1:
         raise IPGuardError(f"--keys must be at least 1, got {count}")
-    images, _ = load_split(source, "train", data_dir)
-    needed = count + negatives + controls
-    if needed > len(images):
+    available = dataset_info(source, data_dir).splits.get("train", 0)
+    if count + reserve > available:
         raise IPGuardError(
-            f"--keys {count} plus {negatives + controls} held-out images is more than the {len(images)} images "
+            f"--keys {count} plus {reserve} held-out images is more than the {available} images "
             f"of {source}'s train split; use fewer keys or another --key-source"
         )
+
+
+def build_key_set(task, source, count, shape, seed, data_dir=None, negatives=DEFAULT_NEGATIVES,
+                  controls=DEFAULT_CONTROLS):
+    """Chooses `count` clean key images, plus negatives and controls, from dataset `source`.
+
+    All images are converted to `shape`. `seed` decides the choice, so it must
+    be secret (`embed` derives it from the owner key): keys anyone can
+    re-derive are no secret. Raises IPGuardError if `source` is the task's own
+    dataset or has too few images.
+    """
+    check_key_source(task, source, count, negatives + controls, data_dir)
+    images, _ = load_split(source, "train", data_dir)
     order = np.random.default_rng(seed).permutation(len(images))
     groups = {
         "keys": np.sort(order[:count]),
         "negatives": np.sort(order[count : count + negatives]),
-        "controls": np.sort(order[count + negatives : needed]),
+        "controls": np.sort(order[count + negatives : count + negatives + controls]),
     }
     return KeySet(
         **{name: convert_images(images[index], shape) for name, index in groups.items()},

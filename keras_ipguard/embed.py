@@ -2,6 +2,7 @@
 
 import contextlib
 import dataclasses
+import hmac
 import json
 import math
 import os
@@ -148,6 +149,10 @@ def _base_model_classifier(path, info, test_x, test_y):
     return model, raw, "base model takes raw pixel values 0..255"
 
 
+def _secret_seed(owner_key):
+    return int.from_bytes(hmac.digest(owner_key, b"ipguard/v1/key-selection", "sha256")[:8], "big")
+
+
 def _task_controls(test_x, seed, count=data.DEFAULT_CONTROLS):
     """A seeded sample of clean test images kept in the vault as verification controls."""
     chosen = np.random.default_rng(seed).choice(len(test_x), size=min(count, len(test_x)), replace=False)
@@ -230,13 +235,16 @@ def embed(out, options, force=False, resume=False):
     info = data.dataset_info(options.dataset, options.data_dir)
     channels = info.input_shape[2]
     key_source = options.key_source or data.default_key_source(info.name, channels)
-    key_set = data.build_key_set(info.name, key_source, options.keys, info.input_shape, options.seed, options.data_dir)
-    keys = key_set.keys
+    data.check_key_source(info.name, key_source, options.keys, data_dir=options.data_dir)
     train_x, train_y = data.load_split(info.name, "train", options.data_dir, options.max_train_examples)
     test_x, test_y = data.load_split(info.name, "test", options.data_dir, options.max_test_examples)
 
     work = _work_dir(out)
     owner_key = _prepare_work_dir(work, options, resume, force)
+    # The key choice derives from the owner secret, not --seed: every vault gets its own secret keys.
+    key_set = data.build_key_set(info.name, key_source, options.keys, info.input_shape,
+                                 _secret_seed(owner_key), options.data_dir)
+    keys = key_set.keys
     codec = IdentityCodec(owner_key)
     identities = metrics.evaluation_identities(codec, keys, IDENTITIES_PER_KEY)
 

@@ -170,6 +170,7 @@ class AuthReport:
             "summary": {
                 "images": len(self.results),
                 "authorized": self.authorized_count,
+                "identity_auth_rate": self.authorized_count / max(1, len(self.results)),
                 "refused": len(self.results) - self.authorized_count,
                 "by_reason": self.by_reason,
             },

@@ -174,3 +174,14 @@ def test_interrupted_embed_resumes_from_its_last_epoch(tmp_path):
     assert "Epoch 1/4" not in stderr and "Epoch 4/4" in stderr
     assert json.loads(stdout)["epochs"] == 4 and Vault.open(out).key_count == 20
     assert not (tmp_path / ".v.embed-work").exists()
+
+
+@pytest.mark.slow
+def test_two_vaults_with_the_same_seed_get_different_secret_keys(embedded, tmp_path):
+    out, _ = embedded
+    result = ipguard("embed", *QUICK, "--epochs", "1", "--max-train-examples", "500", "--out", tmp_path / "v2")
+    assert result.exit_code == 0, result.output[-3000:]
+    first, second = Vault.open(out), Vault.open(tmp_path / "v2")
+    assert first.config["seed"] == second.config["seed"] == 0
+    assert first.config["key_source_indices"]["keys"] != second.config["key_source_indices"]["keys"]
+    assert not np.array_equal(first.key_images, second.key_images)
