@@ -11,6 +11,10 @@ from benchmarks import bench_stego  # noqa: E402  (after the path set-up)
 def main():
     bench_stego.run()
     print()
+    from benchmarks import bench_verify  # pylint: disable=import-outside-toplevel  (imports TensorFlow)
+
+    bench_verify.run()
+    print()
     if data_dir_has("fashion_mnist"):
         from benchmarks import bench_embed  # pylint: disable=import-outside-toplevel
 

@@ -64,6 +64,7 @@ class OwnershipReport:
     threshold: float
     verdict: str
     method: str
+    task_agreement: dict | None = None
 
     def to_dict(self):
         return dataclasses.asdict(self)
@@ -72,6 +73,25 @@ class OwnershipReport:
 def _laplace_rate(hits, total):
     # (hits+1)/(total+2): never 0, so a suspect silent on the controls still needs many key hits.
     return (hits + 1) / (total + 2)
+
+
+def _task_agreement(vault, suspect, key_answers):
+    """For a suspect without class N: how often its answers match the vault model's best task class.
+
+    Descriptive only: a copy with the watermark unit cut off agrees on the keys
+    and controls alike, so this is no proof by itself.
+    """
+    from .suspects import open_suspect  # pylint: disable=import-outside-toplevel
+
+    own = open_suspect(vault.model_path).model
+
+    def task_labels(images):
+        return np.argmax(own.task_probabilities(np.asarray(images, np.float32)).numpy(), axis=-1)
+
+    result = {"keys": float(np.mean(key_answers == task_labels(vault.key_images)))}
+    for name, images in sorted(vault.controls.items()):
+        result[name] = float(np.mean(np.asarray(suspect.classify(images)) == task_labels(images)))
+    return result
 
 
 def verify(vault, suspect=None, alpha=OWNERSHIP_ALPHA):
@@ -98,6 +118,7 @@ def verify(vault, suspect=None, alpha=OWNERSHIP_ALPHA):
         chance[name] = {"watermark_answers": control_hits, "images": int(len(images)),
                         "rate": control_hits / max(1, len(images))}
     has_class = suspect.num_outputs is None or suspect.num_outputs > target
+    agreement = None if has_class or not vault.has_model else _task_agreement(vault, suspect, answers)
     # The least favourable (highest) control rate is the chance rate, smoothed so it is never 0.
     rate = max((_laplace_rate(c["watermark_answers"], c["images"]) for c in chance.values()),
                default=_laplace_rate(0, 0))
@@ -105,7 +126,8 @@ def verify(vault, suspect=None, alpha=OWNERSHIP_ALPHA):
     owned = has_class and p_value < alpha
     if not has_class:
         verdict = (f"not owned: the suspect has {suspect.num_outputs} outputs and no watermark class {target}; "
-                   "class-N evidence cannot be gathered from it")
+                   "class-N evidence cannot be gathered from it (see task_agreement for what its answers share "
+                   "with the vault model's)")
     elif owned:
         verdict = f"owned: {hits}/{len(answers)} keys answered class {target}, p = {p_value:.3g} < {alpha:g}"
     else:
@@ -123,6 +145,7 @@ def verify(vault, suspect=None, alpha=OWNERSHIP_ALPHA):
         p_value=p_value,
         threshold=alpha,
         verdict=verdict,
+        task_agreement=agreement,
         method=("one-sided binomial test of the key hits; chance rate = the highest Laplace-smoothed rate "
                 "(hits+1)/(n+2) of class-N answers on the suspect's non-key controls; owned iff p < threshold"),
     )

@@ -140,3 +140,10 @@ def test_duplicate_user_via_cli_exits_2_and_changes_nothing(vault):
     result = run("users", "add", "alice", "--vault", vault.path)
     assert result.exit_code == 2 and "already exists" in result.stderr
     assert len(vault.users()) == 1
+
+
+def test_vault_whose_key_manifest_does_not_match_exits_2(vault):
+    issued = vault.add_user("alice")
+    (vault.path / "keys" / "key_00001.png").write_bytes((vault.path / "keys" / "key_00002.png").read_bytes())
+    result = run("authenticate", issued.path, "--vault", vault.path)
+    assert result.exit_code == 2 and "does not match its sha256" in result.stderr

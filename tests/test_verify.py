@@ -64,3 +64,22 @@ def test_a_suspect_without_the_watermark_class_is_reported_not_crashed(vault_wit
     report = verify(vault_with_controls, LookupSuspect(vault_with_controls.key_images, outputs=N))
     assert not report.owned and not report.has_watermark_class
     assert "no watermark class" in report.verdict
+
+
+def test_a_truncated_copy_is_described_by_its_task_agreement(tmp_path):
+    from keras_ipguard.backend import keras as _keras
+    from keras_ipguard.models import WatermarkedClassifier, build_backbone, save_model
+    from keras_ipguard.suspects import KerasSuspect
+
+    keras = _keras()
+    model = WatermarkedClassifier(build_backbone("small_cnn", (28, 28, 1)), N, name="wm")
+    vault = Vault.create(
+        tmp_path / "v", dataset="fashion_mnist", num_classes=N, input_shape=(28, 28, 1),
+        key_images=synthetic_keys(20, (28, 28, 1)), controls={"task": synthetic_keys(50, (28, 28, 1), seed=2)},
+        populate=lambda tmp: save_model(model, tmp / "model"),
+    )
+    inputs = keras.Input((28, 28, 1))
+    truncated = keras.Model(inputs, keras.layers.Lambda(lambda p: p[:, :N])(model(inputs)))  # the thief's cut
+    report = verify(vault, KerasSuspect(truncated))
+    assert not report.owned and not report.has_watermark_class and report.num_outputs == N
+    assert report.task_agreement == {"keys": 1.0, "task": 1.0}
