@@ -15,6 +15,10 @@ def main():
 
     bench_verify.run()
     print()
+    from benchmarks import bench_export  # pylint: disable=import-outside-toplevel
+
+    bench_export.run()
+    print()
     if data_dir_has("fashion_mnist"):
         from benchmarks import bench_embed  # pylint: disable=import-outside-toplevel
 

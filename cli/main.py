@@ -119,6 +119,20 @@ def verify(vault_path, model, as_json):
     raise SystemExit(0 if report.owned else 1)
 
 
+@cli.command("export")
+@vault_option
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="TF Serving model base path; the SavedModel goes to OUT/VERSION/.")
+@click.option("--version", "version", type=click.IntRange(min=1), help="Model version [default: one more than the highest in --out].")
+@json_option
+def export_command(vault_path, out, version, as_json):
+    """Write the vault's model as a SavedModel for TF Serving (signatures: serving_default, classify, identity)."""
+    from keras_ipguard.export import export  # pylint: disable=import-outside-toplevel
+
+    target = export(Vault.open(vault_path), out, version)
+    emit(as_json, {"saved_model": str(target), "version": int(target.name),
+                   "signatures": ["serving_default", "classify", "identity"]}, str(target))
+
+
 @cli.group(cls=IPGuardGroup)
 def users():
     """Issue, list and revoke user licences (identity images)."""

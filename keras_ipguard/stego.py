@@ -19,7 +19,7 @@ Example:
 
 import numpy as np
 
-from .backend import tensorflow
+from . import backend  # noqa: F401  (TF_USE_LEGACY_KERAS before any TensorFlow import)
 from .errors import ImageInputError, Reason
 
 LSB_MASK = np.uint8(1)
@@ -110,7 +110,9 @@ def lsb_plane_tf(images):
     Returns:
         A uint8 tensor of shape (B, H*W*C) holding each value's LSB.
     """
-    tf = tensorflow()
+    # A plain import (not backend.tensorflow()) so tf.function/AutoGraph can trace through it.
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
     images = tf.convert_to_tensor(images)
     if images.dtype != tf.uint8:
         raise ImageInputError(Reason.WRONG_MODE, f"expected uint8 pixels, got {images.dtype.name}")
@@ -120,5 +122,6 @@ def lsb_plane_tf(images):
 
 def extract_bits_tf(images, order):
     """TensorFlow ops giving `extract_bits(images, order, batch=True)`."""
-    tf = tensorflow()
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
     return tf.gather(lsb_plane_tf(images), tf.constant(np.asarray(order), tf.int32), axis=1)
