@@ -119,6 +119,132 @@ def verify(vault_path, model, as_json):
     raise SystemExit(0 if report.owned else 1)
 
 
+def attack_options(function):
+    """The options every `ipguard attack` command shares."""
+    for option in reversed([
+        vault_option,
+        click.option("--model", "model", help="Keras model to attack [default: the vault's model]."),
+        click.option("--data-dir", type=click.Path(file_okay=False), help="Prepared tfds data directory (else TFDS_DATA_DIR)."),
+        click.option("--max-test-examples", type=click.IntRange(min=10), help="Use only the first M test images (half for the attacker)."),
+        json_option,
+    ]):
+        function = option(function)
+    return function
+
+
+@cli.group(cls=IPGuardGroup)
+def attack():
+    """Measure how much of the protection survives what a thief would do.
+
+    The attacker gets the model and half of the test split; every figure is
+    measured on the other half. Each command writes reports/attack-NAME.json
+    and .png in the vault.
+    """
+
+
+def _run_attack(vault_path, model, data_dir, max_test_examples, as_json, run):
+    from keras_ipguard import reporting  # pylint: disable=import-outside-toplevel
+    from keras_ipguard.attacks import threat_model  # pylint: disable=import-outside-toplevel
+    from keras_ipguard.suspects import KerasSuspect, open_suspect  # pylint: disable=import-outside-toplevel
+
+    vault = Vault.open(vault_path)
+    suspect = open_suspect(model or vault.model_path)
+    if not isinstance(suspect, KerasSuspect):
+        raise InputError(f"attacks need the model's weights; give a Keras model file, not {suspect.description}")
+    threat = threat_model(vault, data_dir, max_test_examples)
+    reports = [report.to_dict() for report in run(threat, suspect.model)]
+    paths = [reporting.write_attack_report(vault, report) for report in reports]
+    if len(reports) > 1:
+        combined = {"attack": "all", "reports": reports}
+        paths.append((vault.write_report("attack-all", combined), vault.reports_path / "attack-all.md"))
+        from keras_ipguard import atomic  # pylint: disable=import-outside-toplevel
+
+        atomic.write_bytes(vault.reports_path / "attack-all.md", reporting.markdown_table(reports).encode())
+    table = reporting.markdown_table(reports)
+    emit(as_json, reports[0] if len(reports) == 1 else {"attack": "all", "reports": reports},
+         table + "\n".join(f"report: {json_path}" for json_path, _ in paths))
+
+
+def _rates(text):
+    try:
+        rates = tuple(float(value) for value in text.split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated rates like 0.1,0.5,0.9, got {text!r}") from None
+    if not all(0 < rate < 1 for rate in rates):
+        raise click.BadParameter("pruning rates must lie strictly between 0 and 1")
+    return rates
+
+
+@attack.command("prune")
+@attack_options
+@click.option("--rates", default="0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9", show_default=True, help="Comma-separated sparsities.")
+@click.option("--finetune-epochs", type=click.IntRange(min=0), default=0, show_default=True, help="Prune-then-retrain epochs (PolynomialDecay).")
+@click.option("--save", "save_dir", type=click.Path(file_okay=False, path_type=Path), help="Save each pruned model as DIR/prune-RATE.keras.")
+def attack_prune(vault_path, model, data_dir, max_test_examples, as_json, rates, finetune_epochs, save_dir):
+    """Magnitude pruning (TFMOT) at each rate, one-shot or with retraining."""
+    from keras_ipguard.attacks import prune  # pylint: disable=import-outside-toplevel
+
+    rates = _rates(rates)
+    _run_attack(vault_path, model, data_dir, max_test_examples, as_json,
+                lambda threat, m: [prune(threat, m, rates, finetune_epochs, save_dir)])
+
+
+@attack.command("finetune")
+@attack_options
+@click.option("--variant", "variants", multiple=True, type=click.Choice(["FTLL", "FTAL", "RTLL", "RTAL"]), help="Repeatable [default: all four].")
+@click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--optimizer", "optimizers", multiple=True, type=click.Choice(["sgd", "adam"]), help="Repeatable [default: sgd].")
+@click.option("--lr", "learning_rate", type=click.FloatRange(0, min_open=True), help="[default: SGD 0.01 (momentum 0.9), Adam 1e-3]")
+def attack_finetune(vault_path, model, data_dir, max_test_examples, as_json, variants, epochs, optimizers, learning_rate):
+    """Fine-tuning: FTLL, FTAL, RTLL, RTAL with the N task labels only."""
+    from keras_ipguard.attacks import finetune  # pylint: disable=import-outside-toplevel
+
+    _run_attack(vault_path, model, data_dir, max_test_examples, as_json, lambda threat, m: [
+        finetune(threat, m, variants or ("FTLL", "FTAL", "RTLL", "RTAL"), epochs, optimizers or ("sgd",), learning_rate)])
+
+
+@attack.command("query-modification")
+@attack_options
+@click.option("--fpr", "rates", multiple=True, type=click.FloatRange(0, 1, min_open=True, max_open=True), help="Clean false-positive rate of the filter; repeatable [default: 0.05].")
+def attack_query(vault_path, model, data_dir, max_test_examples, as_json, rates):
+    """Namba & Sakuma's autoencoder filter in front of the model."""
+    from keras_ipguard.attacks import query_modification  # pylint: disable=import-outside-toplevel
+
+    _run_attack(vault_path, model, data_dir, max_test_examples, as_json,
+                lambda threat, m: [query_modification(threat, m, rates or (0.05,))])
+
+
+@attack.command("transform")
+@attack_options
+def attack_transform(vault_path, model, data_dir, max_test_examples, as_json):
+    """JPEG, Gaussian noise, bit-depth reduction and median smoothing of every query."""
+    from keras_ipguard.attacks import transform  # pylint: disable=import-outside-toplevel
+
+    _run_attack(vault_path, model, data_dir, max_test_examples, as_json, lambda threat, m: [transform(threat, m)])
+
+
+@attack.command("truncate")
+@attack_options
+def attack_truncate(vault_path, model, data_dir, max_test_examples, as_json):
+    """The thief drops the watermark unit and serves the N-class argmax."""
+    from keras_ipguard.attacks import truncate  # pylint: disable=import-outside-toplevel
+
+    _run_attack(vault_path, model, data_dir, max_test_examples, as_json, lambda threat, m: [truncate(threat, m)])
+
+
+@attack.command("all")
+@attack_options
+def attack_all(vault_path, model, data_dir, max_test_examples, as_json):
+    """The whole suite with defaults; also writes reports/attack-all.json and attack-all.md."""
+    from keras_ipguard import attacks  # pylint: disable=import-outside-toplevel
+
+    def suite(threat, m):
+        return [attacks.prune(threat, m), attacks.finetune(threat, m, optimizers=("sgd", "adam")),
+                attacks.query_modification(threat, m), attacks.transform(threat, m), attacks.truncate(threat, m)]
+
+    _run_attack(vault_path, model, data_dir, max_test_examples, as_json, suite)
+
+
 @cli.command("export")
 @vault_option
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="TF Serving model base path; the SavedModel goes to OUT/VERSION/.")

@@ -46,6 +46,19 @@ class KerasSuspect(Suspect):
         return np.argmax(probabilities, axis=-1)
 
 
+class TransformedSuspect(Suspect):
+    """A suspect reached through a query path that alters every image first (a filter, a re-encoding)."""
+
+    def __init__(self, suspect, transform_images, description=None):
+        self.suspect = suspect
+        self.transform_images = transform_images
+        self.description = description or f"{suspect.description} behind a query transform"
+        self.num_outputs = suspect.num_outputs
+
+    def classify(self, images):
+        return self.suspect.classify(self.transform_images(np.asarray(images)))
+
+
 class SavedModelSuspect(Suspect):
     """A TensorFlow SavedModel directory, called through its `serving_default` signature."""
 

@@ -1,0 +1,122 @@
+"""What every attack shares: the threat model's data split and the measurements."""
+
+import dataclasses
+import time
+
+import numpy as np
+
+from .. import data, metrics
+from ..identity import IdentityCodec
+from ..suspects import KerasSuspect, Suspect, TransformedSuspect
+from ..verify import verify
+
+# The attacker's share of the test split; the rest is scored (the attacks issue).
+ATTACKER_SHARE = 0.5
+
+
+@dataclasses.dataclass
+class ThreatModel:
+    """The attacker holds the model and `attack_x/y`; figures are measured on `eval_x/y`.
+
+    No image is both trained on by the attacker and scored.
+    """
+
+    vault: object
+    attack_x: np.ndarray
+    attack_y: np.ndarray
+    eval_x: np.ndarray
+    eval_y: np.ndarray
+    identities: np.ndarray
+    split: str
+
+    def to_dict(self):
+        return {"split": self.split, "attacker_examples": int(len(self.attack_x)), "eval_examples": int(len(self.eval_x))}
+
+
+def threat_model(vault, data_dir=None, max_test_examples=None, seed=0):
+    """Splits the task's test split in two halves (seeded) and issues evaluation identity images."""
+    x, y = data.load_split(vault.dataset, "test", data_dir, max_test_examples)
+    order = np.random.default_rng(seed).permutation(len(x))
+    cut = int(len(x) * ATTACKER_SHARE)
+    attacker, scored = np.sort(order[:cut]), np.sort(order[cut:])
+    codec = IdentityCodec((vault.path / "owner.key").read_bytes())
+    return ThreatModel(
+        vault=vault, attack_x=x[attacker], attack_y=y[attacker], eval_x=x[scored], eval_y=y[scored],
+        identities=metrics.evaluation_identities(codec, vault.key_images),
+        split=(f"{vault.dataset} test split ({len(x)} images), seeded random halves: {cut} for the attacker, "
+               f"{len(x) - cut} for measurement"),
+    )
+
+
+@dataclasses.dataclass
+class AttackSetting:
+    """The figures measured for one setting of an attack (one pruning rate, one variant, ...)."""
+
+    setting: dict
+    clean_accuracy: float
+    watermark_accuracy: float
+    identity_auth_rate: float
+    owned: bool
+    p_value: float
+    extra: dict = dataclasses.field(default_factory=dict)
+
+    def to_dict(self):
+        return {**self.setting, **{k: v for k, v in dataclasses.asdict(self).items() if k not in ("setting", "extra")},
+                **self.extra}
+
+
+@dataclasses.dataclass
+class AttackReport:
+    """An attack's settings, figures and the threat model, as written to reports/attack-<name>.json."""
+
+    attack: str
+    threat: dict
+    baseline: dict
+    settings: list
+    seconds: float
+    notes: list = dataclasses.field(default_factory=list)
+
+    def to_dict(self):
+        return {"attack": self.attack, "threat_model": self.threat, "unattacked": self.baseline,
+                "settings": [s.to_dict() for s in self.settings], "seconds": round(self.seconds, 2), "notes": self.notes}
+
+
+def identity_auth_rate(threat, classify, transform_images=None):
+    """Fraction of fresh genuine identity images that decode, pass the MAC and make the model answer class N.
+
+    `transform_images` models a query path that alters images before they arrive.
+    """
+    images = threat.identities if transform_images is None else transform_images(threat.identities)
+    codec = IdentityCodec((threat.vault.path / "owner.key").read_bytes())
+    decoded = codec.decode_batch(images)
+    answers = np.asarray(classify(images))
+    passed = [d.ok and a == threat.vault.watermark_class for d, a in zip(decoded, answers)]
+    return float(np.mean(passed))
+
+
+def measure(threat, suspect, setting, transform_images=None, extra=None):
+    """The standard figures for a suspect (a Keras model or a `Suspect`) under one setting."""
+    suspect = suspect if isinstance(suspect, Suspect) else KerasSuspect(suspect)
+    queried = suspect if transform_images is None else TransformedSuspect(suspect, transform_images)
+    ownership = verify(threat.vault, queried)
+    answers = np.asarray(queried.classify(threat.eval_x))
+    return AttackSetting(
+        setting=setting,
+        clean_accuracy=float(np.mean(answers == threat.eval_y)),
+        watermark_accuracy=ownership.watermark_accuracy,
+        identity_auth_rate=identity_auth_rate(threat, suspect.classify, transform_images),
+        owned=ownership.owned,
+        p_value=ownership.p_value,
+        extra={"chance_rate": ownership.chance_rate, **(extra or {})},
+    )
+
+
+class Timer:
+    """Wall time of a block: `with Timer() as t: ...; t.seconds`."""
+
+    def __enter__(self):
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.seconds = time.perf_counter() - self.start

@@ -1,0 +1,76 @@
+"""Query modification (Namba & Sakuma, AsiaCCS 2019): an autoencoder filter in front of the model.
+
+The attacker trains an autoencoder on its clean data, flags every query whose
+reconstruction error is above the error percentile that keeps the chosen
+false-positive rate on that clean data, and passes flagged queries to the model
+as their reconstruction instead.
+"""
+
+import numpy as np
+
+from ..backend import keras as _keras
+from .common import AttackReport, Timer, measure
+
+DEFAULT_FALSE_POSITIVE_RATE = 0.05  # the attacks issue's default
+AUTOENCODER_EPOCHS = 10
+
+
+def train_autoencoder(images, epochs=AUTOENCODER_EPOCHS, seed=0):
+    """A small convolutional autoencoder of uint8 images (scaled to [0, 1] inside)."""
+    keras = _keras()
+    keras.utils.set_random_seed(seed)
+    shape = images.shape[1:]
+    inputs = keras.Input(shape)
+    x = keras.layers.Rescaling(1 / 255.0)(inputs)
+    x = keras.layers.Conv2D(32, 3, strides=2, padding="same", activation="relu")(x)
+    x = keras.layers.Conv2D(64, 3, strides=2, padding="same", activation="relu")(x)
+    x = keras.layers.Conv2DTranspose(64, 3, strides=2, padding="same", activation="relu")(x)
+    x = keras.layers.Conv2DTranspose(32, 3, strides=2, padding="same", activation="relu")(x)
+    outputs = keras.layers.Conv2D(shape[-1], 3, padding="same", activation="sigmoid")(x)
+    autoencoder = keras.Model(inputs, outputs)
+    autoencoder.compile("adam", "mse")
+    autoencoder.fit(images.astype(np.float32), images.astype(np.float32) / 255.0, epochs=epochs, batch_size=64, verbose=0)
+    return autoencoder
+
+
+class QueryFilter:
+    """Flags queries by reconstruction error and replaces them by their reconstruction."""
+
+    def __init__(self, autoencoder, clean_images, false_positive_rate=DEFAULT_FALSE_POSITIVE_RATE):
+        self.autoencoder = autoencoder
+        self.threshold = float(np.percentile(self.errors(clean_images), 100 * (1 - false_positive_rate)))
+
+    def reconstruct(self, images):
+        return self.autoencoder.predict(images.astype(np.float32), batch_size=256, verbose=0)
+
+    def errors(self, images):
+        return np.mean((self.reconstruct(images) - images / 255.0) ** 2, axis=tuple(range(1, images.ndim)))
+
+    def flagged(self, images):
+        return self.errors(images) > self.threshold
+
+    def __call__(self, images):
+        reconstruction = np.clip(np.round(self.reconstruct(images) * 255), 0, 255).astype(np.uint8)
+        flags = self.errors(images) > self.threshold
+        return np.where(flags.reshape((-1,) + (1,) * (images.ndim - 1)), reconstruction, images)
+
+
+def query_modification(threat, model, false_positive_rates=(DEFAULT_FALSE_POSITIVE_RATE,), epochs=AUTOENCODER_EPOCHS):
+    """Measures the model behind the autoencoder filter at each false-positive rate; returns an `AttackReport`."""
+    settings = []
+    with Timer() as total:
+        baseline = measure(threat, model, {"false_positive_rate": None})
+        autoencoder = train_autoencoder(threat.attack_x, epochs)
+        for rate in false_positive_rates:
+            defence = QueryFilter(autoencoder, threat.attack_x, rate)
+            settings.append(measure(threat, model, {"false_positive_rate": rate}, transform_images=defence, extra={
+                "threshold": defence.threshold,
+                "flag_rate_clean": float(np.mean(defence.flagged(threat.eval_x))),
+                "flag_rate_keys": float(np.mean(defence.flagged(threat.vault.key_images))),
+                "flag_rate_identities": float(np.mean(defence.flagged(threat.identities))),
+            }))
+    return AttackReport("query-modification", threat.to_dict(), baseline.to_dict(), settings, total.seconds, notes=[
+        f"autoencoder trained {epochs} epochs on the attacker's clean data; threshold = the reconstruction-error "
+        "percentile giving the stated false-positive rate on that data; flagged queries are replaced by their "
+        "reconstruction (Namba & Sakuma, AsiaCCS 2019)",
+    ])

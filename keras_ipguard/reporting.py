@@ -1,0 +1,65 @@
+"""Attack reports as files: JSON, a PNG plot and a Markdown table (matplotlib, headless)."""
+
+import io
+
+from . import atomic
+
+FIGURES = ("clean_accuracy", "watermark_accuracy", "identity_auth_rate")
+_SKIP = set(FIGURES) | {"owned", "p_value", "chance_rate", "layer_sparsity", "seconds", "threshold", "verdict",
+                        "task_agreement", "epochs", "learning_rate", "finetune_epochs"}
+
+
+def setting_label(setting):
+    """A short label for one setting row, from its setting keys (e.g. 'FTAL adam', 'jpeg 50')."""
+    parts = [str(v) for k, v in setting.items() if k not in _SKIP and not k.startswith("flag_rate") and v is not None]
+    return " ".join(parts) or "none"
+
+
+def plot_png(report):
+    """PNG bytes: the figures per setting (a line over the rate for pruning, bars otherwise)."""
+    import matplotlib  # pylint: disable=import-outside-toplevel
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot  # pylint: disable=import-outside-toplevel
+
+    rows = [report["unattacked"]] + report["settings"]
+    figure, axis = pyplot.subplots(figsize=(max(6, 0.7 * len(rows) + 3), 4))
+    if report["attack"] == "prune":
+        rates = [row["rate"] for row in rows]
+        for name in FIGURES:
+            axis.plot(rates, [row[name] for row in rows], marker="o", label=name)
+        axis.set_xlabel("pruning rate (fraction of weights zeroed)")
+    else:
+        width = 0.8 / len(FIGURES)
+        for offset, name in enumerate(FIGURES):
+            axis.bar([i + offset * width for i in range(len(rows))], [row[name] for row in rows], width, label=name)
+        axis.set_xticks([i + width for i in range(len(rows))])
+        axis.set_xticklabels(["unattacked"] + [setting_label(row) for row in report["settings"]], rotation=30, ha="right")
+    axis.set_ylim(0, 1.05)
+    axis.set_title(f"{report['attack']} attack")
+    axis.legend(loc="lower left", fontsize="small")
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    pyplot.close(figure)
+    return buffer.getvalue()
+
+
+def markdown_table(reports):
+    """One Markdown table of every setting of every report."""
+    lines = ["| attack | setting | clean accuracy | watermark accuracy | identity auth rate | owned (p) |",
+             "|---|---|---|---|---|---|"]
+    for report in reports:
+        for row in [report["unattacked"]] + report["settings"]:
+            label = "unattacked" if row is report["unattacked"] else setting_label(row)
+            lines.append(f"| {report['attack']} | {label} | {row['clean_accuracy']:.4f} | {row['watermark_accuracy']:.4f} "
+                         f"| {row['identity_auth_rate']:.4f} | {'yes' if row['owned'] else 'no'} ({row['p_value']:.2g}) |")
+    return "\n".join(lines) + "\n"
+
+
+def write_attack_report(vault, report):
+    """Writes reports/attack-<name>.json and .png atomically; returns the two paths."""
+    json_path = vault.write_report(f"attack-{report['attack']}", report)
+    png_path = vault.reports_path / f"attack-{report['attack']}.png"
+    atomic.write_bytes(png_path, plot_png(report))
+    return json_path, png_path
