@@ -249,12 +249,20 @@ def attack_all(vault_path, model, data_dir, max_test_examples, as_json):
 @vault_option
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="TF Serving model base path; the SavedModel goes to OUT/VERSION/.")
 @click.option("--version", "version", type=click.IntRange(min=1), help="Model version [default: one more than the highest in --out].")
+@click.option("--model", "model_path", type=click.Path(exists=True), help="Export this Keras model (e.g. from `attack prune --save`) instead of the vault's.")
 @json_option
-def export_command(vault_path, out, version, as_json):
+def export_command(vault_path, out, version, model_path, as_json):
     """Write the vault's model as a SavedModel for TF Serving (signatures: serving_default, classify, identity)."""
     from keras_ipguard.export import export  # pylint: disable=import-outside-toplevel
+    from keras_ipguard.models import load_model  # pylint: disable=import-outside-toplevel
 
-    target = export(Vault.open(vault_path), out, version)
+    model = None
+    if model_path:
+        try:
+            model = load_model(model_path)
+        except (OSError, ValueError) as error:
+            raise InputError(f"cannot load --model {model_path}: {str(error).splitlines()[0][:200]}") from None
+    target = export(Vault.open(vault_path), out, version, model=model)
     emit(as_json, {"saved_model": str(target), "version": int(target.name),
                    "signatures": ["serving_default", "classify", "identity"]}, str(target))
 

@@ -1,0 +1,134 @@
+"""`ipguard attack` on a small real Fashion-MNIST vault (skipped where ../shared is absent)."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from cli.main import cli
+from keras_ipguard import Vault
+from keras_ipguard.attacks import threat_model
+from keras_ipguard.attacks.finetune import finetune_model
+from keras_ipguard.attacks.prune import as_functional, layer_sparsity, prune_model
+from keras_ipguard.attacks.transform import bit_depth, gaussian_noise, jpeg, median
+from keras_ipguard.models import load_model
+
+from conftest import SHARED_TFDS
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not os.path.isdir(os.path.join(SHARED_TFDS, "fashion_mnist")),
+        reason="needs the prepared datasets in ../shared/tensorflow_datasets",
+    ),
+]
+
+
+def ipguard(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args] + ["--data-dir", SHARED_TFDS])
+
+
+@pytest.fixture(scope="module")
+def vault(tmp_path_factory):
+    out = tmp_path_factory.mktemp("attacks") / "vault"
+    result = ipguard("embed", "--dataset", "fashion_mnist", "--max-train-examples", "4000", "--max-test-examples",
+                     "400", "--keys", "20", "--epochs", "3", "--out", out)
+    assert result.exit_code == 0, result.output[-3000:]
+    return Vault.open(out)
+
+
+@pytest.fixture(scope="module")
+def threat(vault):
+    return threat_model(vault, SHARED_TFDS, max_test_examples=400)
+
+
+def test_the_attacker_and_the_measurement_never_share_an_image(threat):
+    assert len(threat.attack_x) == len(threat.eval_x) == 200
+    seen = {image.tobytes() for image in threat.attack_x}
+    assert not any(image.tobytes() in seen for image in threat.eval_x)
+    assert "200 for the attacker" in threat.split
+
+
+@pytest.mark.parametrize("rate", [0.3, 0.8])
+def test_pruning_reaches_the_requested_sparsity_in_every_layer(vault, threat, rate):
+    model = load_model(vault.model_path)
+    pruned = prune_model(model, rate, threat.attack_x, threat.attack_y)
+    sparsity = layer_sparsity(pruned)
+    assert len(sparsity) == 6  # 4 convolutions, the dense layer and the head
+    assert all(abs(value - rate) < 0.01 for value in sparsity.values())
+    # The original model is untouched.
+    assert all(value < 0.01 for value in layer_sparsity(as_functional(model)).values())
+
+
+def test_prune_then_retrain_also_reaches_the_rate(vault, threat):
+    pruned = prune_model(load_model(vault.model_path), 0.5, threat.attack_x, threat.attack_y, finetune_epochs=2)
+    assert all(abs(value - 0.5) < 0.01 for value in layer_sparsity(pruned).values())
+
+
+@pytest.mark.parametrize("variant", ["FTLL", "FTAL", "RTLL", "RTAL"])
+def test_finetune_variants_touch_the_layers_they_name(vault, threat, variant):
+    model = as_functional(load_model(vault.model_path))
+    tuned = finetune_model(model, variant, threat.attack_x, threat.attack_y, epochs=1, optimizer="adam")
+    head_changed = not np.allclose(model.layers[-1].get_weights()[0], tuned.layers[-1].get_weights()[0])
+    first = next(i for i, layer in enumerate(model.layers) if layer.get_weights())  # the first convolution
+    body_changed = not np.allclose(model.layers[first].get_weights()[0], tuned.layers[first].get_weights()[0])
+    assert head_changed
+    assert body_changed == variant.endswith("AL")
+
+
+def test_transforms_keep_shape_and_re_encoding_changes_lsbs(threat):
+    images = threat.identities[:8]
+    for transformed in (jpeg(images, 75), gaussian_noise(images, 8.0), bit_depth(images, 4), median(images, 3)):
+        assert transformed.shape == images.shape and transformed.dtype == np.uint8
+        assert (transformed & 1 != images & 1).any()
+
+
+def test_attack_commands_write_json_and_png_reports(vault):
+    runs = {
+        "prune": ["--rates", "0.2,0.9"],
+        "finetune": ["--variant", "FTAL", "--variant", "RTLL", "--epochs", "1", "--optimizer", "adam"],
+        "query-modification": [],
+        "transform": [],
+        "truncate": [],
+    }
+    for name, options in runs.items():
+        result = ipguard("attack", name, "--vault", vault.path, "--max-test-examples", "400", *options, "--json")
+        assert result.exit_code == 0, (name, result.output[-3000:])
+        report = json.loads(result.stdout)
+        assert report["attack"] == name and report["settings"]
+        for row in [report["unattacked"], *report["settings"]]:
+            assert {"clean_accuracy", "watermark_accuracy", "identity_auth_rate", "owned", "p_value"} <= set(row)
+        assert json.loads((vault.reports_path / f"attack-{name}.json").read_text()) == report
+        assert Image.open(vault.reports_path / f"attack-{name}.png").format == "PNG"
+        if name == "transform":
+            jpeg_rows = [row for row in report["settings"] if row["transform"] == "jpeg"]
+            assert all(row["identity_auth_rate"] == 0.0 for row in jpeg_rows)  # re-encoding destroys the payload
+        if name == "truncate":
+            assert report["settings"][0]["watermark_accuracy"] == 0.0 and not report["settings"][0]["owned"]
+            assert "no watermark class" in report["settings"][0]["verdict"]
+        if name == "query-modification":
+            assert 0.0 <= report["settings"][0]["flag_rate_keys"] <= 1.0
+
+
+def test_attacks_need_a_keras_model(vault, tmp_path):
+    result = ipguard("attack", "truncate", "--vault", vault.path, "--model", "http://127.0.0.1:9/v1/models/x")
+    assert result.exit_code == 2 and "need the model's weights" in result.stderr
+
+
+def test_a_pruned_model_exports_and_verifies_like_the_keras_file(vault, tmp_path):
+    saved = tmp_path / "pruned"
+    result = ipguard("attack", "prune", "--vault", vault.path, "--max-test-examples", "400", "--rates", "0.5",
+                     "--save", saved)
+    assert result.exit_code == 0, result.output[-3000:]
+    pruned = saved / "prune-0.50.keras"
+    exported = CliRunner().invoke(cli, ["export", "--vault", str(vault.path), "--out", str(tmp_path / "serving"),
+                                        "--model", str(pruned)])
+    assert exported.exit_code == 0, exported.output
+    keras_verdict = json.loads(CliRunner().invoke(cli, ["verify", "--vault", str(vault.path), "--model", str(pruned), "--json"]).stdout)
+    saved_verdict = json.loads(CliRunner().invoke(cli, ["verify", "--vault", str(vault.path), "--model",
+                                                        exported.stdout.strip(), "--json"]).stdout)
+    for field in ("owned", "hits", "chance_rates"):
+        assert keras_verdict[field] == saved_verdict[field]
