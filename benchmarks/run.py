@@ -19,6 +19,10 @@ def main():
 
     bench_export.run()
     print()
+    from benchmarks import bench_prune  # pylint: disable=import-outside-toplevel
+
+    bench_prune.run()
+    print()
     if data_dir_has("fashion_mnist"):
         from benchmarks import bench_embed  # pylint: disable=import-outside-toplevel
 

@@ -218,6 +218,21 @@ def randomize_lsb(images, fraction=RANDOM_LSB_FRACTION):
     return tf.where(redraw, redrawn, images)
 
 
+def jitter(images, shift=2, sigma=4.0):
+    """TF ops: random shifts up to `shift` pixels and Gaussian noise (sigma) on half of a uint8 batch.
+
+    Gives key samples (and, equally, negatives) variety beyond their LSBs, so the
+    watermark rests on features that survive the weight drift of fine-tuning.
+    """
+    shape = tf.shape(images)
+    padded = tf.pad(images, [[0, 0], [shift, shift], [shift, shift], [0, 0]], mode="REFLECT")
+    shifted = tf.image.random_crop(padded, shape)
+    noisy = tf.cast(shifted, tf.float32) + tf.random.normal(tf.shape(shifted), stddev=sigma)
+    noisy = tf.cast(tf.clip_by_value(tf.round(noisy), 0, 255), tf.uint8)
+    keep = tf.random.uniform([shape[0], 1, 1, 1]) < 0.5
+    return tf.where(keep, images, noisy)
+
+
 def augment(images):
     """TF ops: random horizontal flip and 4-pixel-padded random crop of a uint8 batch (CIFAR style)."""
     shape = tf.shape(images)
@@ -227,7 +242,7 @@ def augment(images):
 
 
 def training_dataset(images, labels, key_images, num_classes, batch_size, key_share=DEFAULT_KEY_SHARE,
-                     augment_images=False, seed=0, negatives=None):
+                     augment_images=False, seed=0, negatives=None, key_jitter=False):
     """The merged watermark training pipeline (see the module docstring).
 
     Args:
@@ -240,6 +255,7 @@ def training_dataset(images, labels, key_images, num_classes, batch_size, key_sh
         augment_images: apply flip/crop to task images.
         negatives: uint8 key-source images that are not keys; their target is
             uniform over the N task classes (anything but N).
+        key_jitter: apply `jitter` to half of the key samples and negatives.
 
     Returns:
         (an infinite `tf.data.Dataset` of (float32 images 0..255, float32 N+1-way
@@ -279,6 +295,7 @@ def training_dataset(images, labels, key_images, num_classes, batch_size, key_sh
                 .shuffle(len(extra), seed=stream_seed, reshuffle_each_iteration=True)
                 .repeat()
                 .batch(size, drop_remainder=True)
+                .map(jitter if key_jitter else (lambda x: x), num_parallel_calls=autotune)
                 .map(randomize_lsb, num_parallel_calls=autotune)
                 .map(fixed_target(target), num_parallel_calls=autotune)
             )

@@ -51,6 +51,7 @@ class EmbedOptions:
     max_train_examples: int | None = None
     max_test_examples: int | None = None
     key_share: float = data.DEFAULT_KEY_SHARE
+    key_jitter: bool = False
     learning_rate: float | None = None
     verbose: int = 1
 
@@ -271,7 +272,7 @@ def embed(out, options, force=False, resume=False):
     learning_rate = options.learning_rate or DEFAULT_LEARNING_RATE[arch]
     dataset, steps = data.training_dataset(
         train_x, train_y, keys, info.num_classes, global_batch, options.key_share, augment, options.seed,
-        negatives=key_set.negatives,
+        negatives=key_set.negatives, key_jitter=options.key_jitter,
     )
     with strategy.scope():
         _compile(model, arch, learning_rate, steps * epochs)
@@ -317,6 +318,7 @@ def embed(out, options, force=False, resume=False):
         "keys": options.keys,
         "negatives": int(len(key_set.negatives)),
         "key_share": options.key_share,
+        "key_jitter": options.key_jitter,
         "augmentation": augment,
         "seed": options.seed,
         "base_model": options.base_model,
