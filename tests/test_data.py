@@ -100,3 +100,11 @@ def test_missing_dataset_offline_says_how_to_supply_it(tmp_path, monkeypatch):
         monkeypatch.setenv(var, "http://127.0.0.1:9")
     with pytest.raises(IPGuardError, match=r"not prepared in .* could not be downloaded .*--data-dir / TFDS_DATA_DIR"):
         data.dataset_info("mnist", data_dir=str(tmp_path))
+
+
+def test_key_jitter_keeps_shape_and_alters_about_half_of_a_batch():
+    keys = synthetic_keys(200, (28, 28, 1))
+    jittered = data.jitter(keys).numpy()
+    assert jittered.shape == keys.shape and jittered.dtype == np.uint8
+    changed = np.mean([(a != b).any() for a, b in zip(jittered, keys)])
+    assert 0.35 < changed < 0.65
