@@ -13,7 +13,7 @@ from keras_ipguard.models import WatermarkedClassifier, build_backbone
 EMBED_TARGET_RATIO = 1.10  # embed issue: embedding <= 1.10 x plain fit
 
 
-def run(dataset="fashion_mnist", examples=12_000, epochs=2, rounds=2, batch=128, data_dir=None):
+def run(dataset="fashion_mnist", examples=12_000, epochs=2, rounds=3, batch=128, data_dir=None):
     info = data.dataset_info(dataset, data_dir)
     x, y = data.load_split(dataset, "train", data_dir, examples)
     key_set = data.build_key_set(dataset, data.default_key_source(dataset, info.input_shape[2]), 100, info.input_shape, 0, data_dir)

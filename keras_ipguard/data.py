@@ -271,19 +271,24 @@ def training_dataset(images, labels, key_images, num_classes, batch_size, key_sh
     if task_batch < 1:
         raise IPGuardError(f"batch size {batch_size} leaves no room for task samples at key share {key_share}")
 
-    def one_hot(x, y):
-        return x, tf.one_hot(y, depth)
+    def task_batch_fn(x, y):
+        return (augment(x) if augment_images else x), tf.one_hot(y, depth)
 
-    def fixed_target(target):
-        return lambda x: (x, tf.tile(tf.constant([target], tf.float32), [tf.shape(x)[0], 1]))
+    def extra_batch_fn(target):
+        def prepare(x):
+            x = randomize_lsb(jitter(x) if key_jitter else x)
+            return x, tf.tile(tf.constant([target], tf.float32), [tf.shape(x)[0], 1])
 
+        return prepare
+
+    # One map per stream and one to merge: every extra tf.data stage costs
+    # threads that the training step, on few cores, needs more.
     streams = [
         tf.data.Dataset.from_tensor_slices((images, labels))
         .shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
         .repeat()
         .batch(task_batch, drop_remainder=True)
-        .map(lambda x, y: (augment(x) if augment_images else x, y), num_parallel_calls=autotune)
-        .map(one_hot, num_parallel_calls=autotune)
+        .map(task_batch_fn, num_parallel_calls=autotune)
     ]
     for extra, size, target, stream_seed in (
         (key_images, key_batch, [0.0] * num_classes + [1.0], seed + 1),
@@ -295,14 +300,12 @@ def training_dataset(images, labels, key_images, num_classes, batch_size, key_sh
                 .shuffle(len(extra), seed=stream_seed, reshuffle_each_iteration=True)
                 .repeat()
                 .batch(size, drop_remainder=True)
-                .map(jitter if key_jitter else (lambda x: x), num_parallel_calls=autotune)
-                .map(randomize_lsb, num_parallel_calls=autotune)
-                .map(fixed_target(target), num_parallel_calls=autotune)
+                .map(extra_batch_fn(target), num_parallel_calls=autotune)
             )
-    merged = tf.data.Dataset.zip(tuple(streams)).map(
-        lambda *parts: (tf.concat([p[0] for p in parts], axis=0), tf.concat([p[1] for p in parts], axis=0)),
+    dataset = tf.data.Dataset.zip(tuple(streams)).map(
+        lambda *parts: (tf.cast(tf.concat([p[0] for p in parts], axis=0), tf.float32),
+                        tf.concat([p[1] for p in parts], axis=0)),
         num_parallel_calls=autotune,
-    )
-    dataset = merged.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=autotune).prefetch(autotune)
+    ).prefetch(autotune)
     steps_per_epoch = max(1, len(images) // task_batch)
     return dataset, steps_per_epoch
