@@ -23,7 +23,7 @@ pytestmark = pytest.mark.skipif(
     not os.path.isdir(os.path.join(SHARED_TFDS, "fashion_mnist")),
     reason="needs the prepared datasets in ../shared/tensorflow_datasets",
 )
-QUICK = ["--dataset", "fashion_mnist", "--max-train-examples", "4000", "--max-test-examples", "500", "--keys", "20"]
+QUICK = ["--dataset", "fashion_mnist", "--max-train-examples", "6000", "--max-test-examples", "500", "--keys", "20"]
 
 
 def ipguard(*args):
@@ -107,14 +107,16 @@ def test_base_model_is_protected_in_two_epochs(tmp_path):
     from keras_ipguard.backend import keras as _keras
 
     keras = _keras()
-    x, y = data.load_split("fashion_mnist", "train", SHARED_TFDS, 4000)
+    x, y = data.load_split("fashion_mnist", "train", SHARED_TFDS, 12000)
     inputs = keras.Input((28, 28, 1))
     hidden = keras.layers.Dense(128, activation="relu")(keras.layers.Flatten()(inputs))
     base = keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(hidden))
     base.compile("adam", "sparse_categorical_crossentropy")
     base.fit(x / 255.0, y, epochs=3, verbose=0)  # trained on [0, 1] inputs, as many models are
     base.save(tmp_path / "base.keras")
-    result = ipguard("embed", *QUICK, "--base-model", tmp_path / "base.keras", "--out", tmp_path / "v", "--json")
+    # 12,000 examples: two epochs of ~200 steps, as the full-data protection run (1.00) has ~1,000.
+    result = ipguard("embed", *QUICK, "--max-train-examples", "12000", "--base-model", tmp_path / "base.keras",
+                     "--out", tmp_path / "v", "--json")
     assert result.exit_code == 0, result.output[-3000:]
     report = json.loads(result.stdout)
     assert report["epochs"] == 2 and "[0, 1]" in report["base_model_note"]
