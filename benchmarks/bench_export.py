@@ -1,7 +1,6 @@
 """Serving latency: the exported SavedModel's serving_default vs the Keras model (export issue)."""
 
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np

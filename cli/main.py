@@ -154,16 +154,11 @@ def _run_attack(vault_path, model, data_dir, max_test_examples, as_json, run):
         raise InputError(f"attacks need the model's weights; give a Keras model file, not {suspect.description}")
     threat = threat_model(vault, data_dir, max_test_examples)
     reports = [report.to_dict() for report in run(threat, suspect.model)]
-    paths = [reporting.write_attack_report(vault, report) for report in reports]
+    written = [reporting.write_attack_report(vault, report)[0] for report in reports]
     if len(reports) > 1:
-        combined = {"attack": "all", "reports": reports}
-        paths.append((vault.write_report("attack-all", combined), vault.reports_path / "attack-all.md"))
-        from keras_ipguard import atomic  # pylint: disable=import-outside-toplevel
-
-        atomic.write_bytes(vault.reports_path / "attack-all.md", reporting.markdown_table(reports).encode())
-    table = reporting.markdown_table(reports)
+        written.append(reporting.write_combined_report(vault, reports))
     emit(as_json, reports[0] if len(reports) == 1 else {"attack": "all", "reports": reports},
-         table + "\n".join(f"report: {json_path}" for json_path, _ in paths))
+         reporting.markdown_table(reports) + "\n".join(f"report: {path}" for path in written))
 
 
 def _rates(text):

@@ -20,7 +20,7 @@ from .backend import tensorflow
 from .errors import IPGuardError
 from .identity import IdentityCodec
 from .models import WatermarkedClassifier, auto_architecture, build_backbone, predict_classes, save_model
-from .vault import OWNER_KEY_BYTES, Vault
+from .vault import OWNER_KEY_BYTES, OWNER_KEY_FILE, Vault
 
 # Epochs when --epochs is not given: enough for the architecture to converge.
 DEFAULT_EPOCHS = {"small_cnn": 15, "resnet20": 60, "vgg11": 60, "base_model": 2}
@@ -162,13 +162,12 @@ def _task_controls(test_x, seed, count=data.DEFAULT_CONTROLS):
 
 def _machine():
     tf = tensorflow()
-    gpus = [d.name for d in tf.config.list_physical_devices("GPU")]
-    details = [tf.config.experimental.get_device_details(g).get("device_name", "GPU") for g in tf.config.list_physical_devices("GPU")]
     return {
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
-        "gpus": details or gpus,
+        "gpus": [tf.config.experimental.get_device_details(gpu).get("device_name", gpu.name)
+                 for gpu in tf.config.list_physical_devices("GPU")],
     }
 
 
@@ -182,7 +181,7 @@ def _prepare_work_dir(work, options, resume, force):
     settings = json.dumps(dataclasses.asdict(options) | {"verbose": None}, sort_keys=True)
     if work.exists():
         if resume and (work / "options.json").is_file() and (work / "options.json").read_text() == settings:
-            return (work / "owner.key").read_bytes()
+            return (work / OWNER_KEY_FILE).read_bytes()
         if resume:
             raise IPGuardError(f"the checkpoint at {work} was made with other options; rerun with the same options, or with --force to start over")
         if not force:
@@ -190,7 +189,7 @@ def _prepare_work_dir(work, options, resume, force):
         shutil.rmtree(work)
     work.mkdir(parents=True)
     owner_key = os.urandom(OWNER_KEY_BYTES)
-    key_file = work / "owner.key"
+    key_file = work / OWNER_KEY_FILE
     key_file.write_bytes(owner_key)
     os.chmod(key_file, 0o600)
     (work / "options.json").write_text(settings)

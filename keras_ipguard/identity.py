@@ -25,7 +25,6 @@ Example:
 """
 
 import dataclasses
-import functools
 import hashlib
 import hmac
 import os
@@ -115,14 +114,17 @@ class IdentityCodec:
         self._mac_key = hmac.digest(secret, b"ipguard/v1/mac", "sha256")
         self._enc_key = hmac.digest(secret, b"ipguard/v1/encrypt", "sha256")
         self._order_key = hmac.digest(secret, b"ipguard/v1/order", "sha256")
+        self._orders = {}  # image shape -> order, computed once per codec
 
-    @functools.lru_cache(maxsize=8)
     def order(self, image_shape):
         """The secret order of flat LSB positions used for images of `image_shape`."""
-        n = stego.capacity(image_shape)
-        shape_tag = "x".join(map(str, image_shape)).encode()
-        stream = hashlib.shake_256(self._order_key + shape_tag).digest(8 * n)
-        return np.argsort(np.frombuffer(stream, ">u8"), kind="stable")
+        image_shape = tuple(image_shape)
+        if image_shape not in self._orders:
+            n = stego.capacity(image_shape)
+            shape_tag = "x".join(map(str, image_shape)).encode()
+            stream = hashlib.shake_256(self._order_key + shape_tag).digest(8 * n)
+            self._orders[image_shape] = np.argsort(np.frombuffer(stream, ">u8"), kind="stable")
+        return self._orders[image_shape]
 
     def _check_capacity(self, image_shape):
         have = stego.capacity(image_shape)

@@ -57,6 +57,12 @@ def markdown_table(reports):
     return "\n".join(lines) + "\n"
 
 
+def write_combined_report(vault, reports):
+    """Writes reports/attack-all.json and attack-all.md for a suite run; returns the JSON path."""
+    atomic.write_bytes(vault.reports_path / "attack-all.md", markdown_table(reports).encode())
+    return vault.write_report("attack-all", {"attack": "all", "reports": reports})
+
+
 def write_attack_report(vault, report):
     """Writes reports/attack-<name>.json and .png atomically; returns the two paths."""
     json_path = vault.write_report(f"attack-{report['attack']}", report)

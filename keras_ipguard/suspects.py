@@ -42,8 +42,9 @@ class KerasSuspect(Suspect):
         self.num_outputs = watermark_class + 1 if watermark_class is not None else int(model.output_shape[-1])
 
     def classify(self, images):
-        probabilities = self.model.predict(np.asarray(images, np.float32), batch_size=512, verbose=0)
-        return np.argmax(probabilities, axis=-1)
+        from .models import predict_classes  # pylint: disable=import-outside-toplevel  (imports tf_keras)
+
+        return predict_classes(self.model, images)
 
 
 class TransformedSuspect(Suspect):

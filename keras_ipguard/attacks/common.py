@@ -6,7 +6,6 @@ import time
 import numpy as np
 
 from .. import data, metrics
-from ..identity import IdentityCodec
 from ..suspects import KerasSuspect, Suspect, TransformedSuspect
 from ..verify import verify
 
@@ -39,10 +38,9 @@ def threat_model(vault, data_dir=None, max_test_examples=None, seed=0):
     order = np.random.default_rng(seed).permutation(len(x))
     cut = int(len(x) * ATTACKER_SHARE)
     attacker, scored = np.sort(order[:cut]), np.sort(order[cut:])
-    codec = IdentityCodec((vault.path / "owner.key").read_bytes())
     return ThreatModel(
         vault=vault, attack_x=x[attacker], attack_y=y[attacker], eval_x=x[scored], eval_y=y[scored],
-        identities=metrics.evaluation_identities(codec, vault.key_images),
+        identities=metrics.evaluation_identities(vault.codec(), vault.key_images),
         split=(f"{vault.dataset} test split ({len(x)} images), seeded random halves: {cut} for the attacker, "
                f"{len(x) - cut} for measurement"),
     )
@@ -87,8 +85,7 @@ def identity_auth_rate(threat, classify, transform_images=None):
     `transform_images` models a query path that alters images before they arrive.
     """
     images = threat.identities if transform_images is None else transform_images(threat.identities)
-    codec = IdentityCodec((threat.vault.path / "owner.key").read_bytes())
-    decoded = codec.decode_batch(images)
+    decoded = threat.vault.codec().decode_batch(images)
     answers = np.asarray(classify(images))
     passed = [d.ok and a == threat.vault.watermark_class for d, a in zip(decoded, answers)]
     return float(np.mean(passed))
