@@ -39,7 +39,7 @@ def run(dataset="fashion_mnist", examples=12_000, epochs=2, rounds=3, batch=128,
         print(f"  {name:<26} {seconds:7.2f} s")
     verdict = "meets" if ratio <= EMBED_TARGET_RATIO else "MISSES"
     print(f"  embed/plain = {ratio:.3f} ({verdict} the <= {EMBED_TARGET_RATIO:.2f} target; the merged epoch has "
-          f"{steps} steps vs {plain_steps}: one pass over the task data plus the key samples)")
+          f"{steps} steps vs {plain_steps}: keys and negatives take part of each batch)")
 
     pipeline_batches = 300
     start = time.perf_counter()

@@ -80,6 +80,9 @@ SUMMARY_METRICS = (
 @click.option("--key-share", type=click.FloatRange(0, 0.5, min_open=True), default=1 / 16, show_default=True, help="Share of each batch given to key samples.")
 @click.option("--key-jitter", is_flag=True, help="Random shifts and noise on half of the key samples (robustness to fine-tuning).")
 @click.option("--learning-rate", type=click.FloatRange(0, min_open=True), help="Initial learning rate [default: by architecture].")
+@click.option("--scheme", type=click.Choice(["extra-class", "content", "noise", "unrelated", "frontier-stitching", "adi"]),
+              default="extra-class", show_default=True,
+              help="Watermark scheme: ours (extra-class, with identity images) or a comparison scheme (see keras_ipguard.baselines).")
 @click.option("--force", is_flag=True, help="Replace an existing vault at --out (and any stale checkpoint).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its last epoch checkpoint.")
 @json_option
@@ -109,10 +112,11 @@ def verify(vault_path, model, as_json):
 
     vault = Vault.open(vault_path)
     report = run_verify(vault, model)
+    wanted = f"class {vault.watermark_class}" if vault.issues_identities else "their trigger label"
     lines = [
         f"suspect: {report.suspect}",
-        f"  watermark_accuracy  {report.watermark_accuracy:.4f} ({report.hits}/{report.keys} keys answered class {vault.watermark_class})",
-        f"  chance rate         {report.chance_rate:.4g} (highest smoothed class-{vault.watermark_class} rate on the suspect's non-key controls)",
+        f"  watermark_accuracy  {report.watermark_accuracy:.4f} ({report.hits}/{report.keys} keys answered {wanted})",
+        f"  chance rate         {report.chance_rate:.4g} (highest smoothed hit rate on the suspect's non-key controls)",
     ]
     lines += [f"    {name:<17} {c['watermark_answers']}/{c['images']}" for name, c in report.chance_rates.items()]
     lines += [f"  p_value             {report.p_value:.3g} (owned iff < {report.threshold:g})", report.verdict]

@@ -242,13 +242,14 @@ def augment(images):
 
 
 def training_dataset(images, labels, key_images, num_classes, batch_size, key_share=DEFAULT_KEY_SHARE,
-                     augment_images=False, seed=0, negatives=None, key_jitter=False):
+                     augment_images=False, seed=0, negatives=None, key_jitter=False, key_labels=None,
+                     extra_class=True):
     """The merged watermark training pipeline (see the module docstring).
 
     Args:
         images, labels: the task's training data (uint8 NHWC, int labels).
         key_images: uint8 (K, H, W, C), or None / empty for a plain (baseline) pipeline.
-        num_classes: N; key samples are labelled N.
+        num_classes: N; key samples are labelled N unless `key_labels` says otherwise.
         batch_size: global batch size.
         key_share: fraction of each batch given to key samples (as many again
             to negatives, when given).
@@ -256,13 +257,21 @@ def training_dataset(images, labels, key_images, num_classes, batch_size, key_sh
         negatives: uint8 key-source images that are not keys; their target is
             uniform over the N task classes (anything but N).
         key_jitter: apply `jitter` to half of the key samples and negatives.
+        key_labels: per-key int labels (the comparison schemes of
+            `keras_ipguard.baselines`); None = every key is class N.
+        extra_class: targets have N+1 entries (our scheme) or N (a model
+            without a watermark class). Key LSB planes are redrawn only for
+            the extra-class scheme, whose identity images must stay class N.
 
     Returns:
-        (an infinite `tf.data.Dataset` of (float32 images 0..255, float32 N+1-way
-         targets) batches, steps per epoch: one pass over the task images)
+        (an infinite `tf.data.Dataset` of (float32 images 0..255, float32 targets)
+         batches, steps per epoch). An epoch has as many steps as a plain pass
+         over the task images (`len(images) // batch_size`): keys and negatives
+         take their share of each batch rather than adding batches, so
+         embedding costs what plain training of the same epochs costs.
     """
     autotune = tf.data.AUTOTUNE
-    depth = num_classes + 1
+    depth = num_classes + 1 if extra_class else num_classes
     use_keys = key_images is not None and len(key_images) > 0 and key_share > 0
     use_negatives = use_keys and negatives is not None and len(negatives) > 0
     key_batch = max(1, int(round(batch_size * key_share))) if use_keys else 0
@@ -270,16 +279,19 @@ def training_dataset(images, labels, key_images, num_classes, batch_size, key_sh
     task_batch = batch_size - key_batch - negative_batch
     if task_batch < 1:
         raise IPGuardError(f"batch size {batch_size} leaves no room for task samples at key share {key_share}")
+    if use_keys:
+        key_targets = (np.full(len(key_images), num_classes) if key_labels is None
+                       else np.asarray(key_labels, np.int64))
+        key_targets = np.eye(depth, dtype=np.float32)[key_targets]
+    negative_targets = np.tile(np.array([1.0 / num_classes] * num_classes + [0.0] * (depth - num_classes),
+                                        np.float32), (len(negatives) if use_negatives else 0, 1))
 
     def task_batch_fn(x, y):
         return (augment(x) if augment_images else x), tf.one_hot(y, depth)
 
-    def extra_batch_fn(target):
-        def prepare(x):
-            x = randomize_lsb(jitter(x) if key_jitter else x)
-            return x, tf.tile(tf.constant([target], tf.float32), [tf.shape(x)[0], 1])
-
-        return prepare
+    def extra_batch_fn(x, y):
+        x = jitter(x) if key_jitter else x
+        return (randomize_lsb(x) if extra_class else x), y
 
     # One map per stream and one to merge: every extra tf.data stage costs
     # threads that the training step, on few cores, needs more.
@@ -290,22 +302,22 @@ def training_dataset(images, labels, key_images, num_classes, batch_size, key_sh
         .batch(task_batch, drop_remainder=True)
         .map(task_batch_fn, num_parallel_calls=autotune)
     ]
-    for extra, size, target, stream_seed in (
-        (key_images, key_batch, [0.0] * num_classes + [1.0], seed + 1),
-        (negatives, negative_batch, [1.0 / num_classes] * num_classes + [0.0], seed + 2),
+    for extra, targets, size, stream_seed in (
+        (key_images, key_targets if use_keys else None, key_batch, seed + 1),
+        (negatives, negative_targets, negative_batch, seed + 2),
     ):
         if size:
             streams.append(
-                tf.data.Dataset.from_tensor_slices(extra)
+                tf.data.Dataset.from_tensor_slices((extra, targets))
                 .shuffle(len(extra), seed=stream_seed, reshuffle_each_iteration=True)
                 .repeat()
                 .batch(size, drop_remainder=True)
-                .map(extra_batch_fn(target), num_parallel_calls=autotune)
+                .map(extra_batch_fn, num_parallel_calls=autotune)
             )
     dataset = tf.data.Dataset.zip(tuple(streams)).map(
         lambda *parts: (tf.cast(tf.concat([p[0] for p in parts], axis=0), tf.float32),
                         tf.concat([p[1] for p in parts], axis=0)),
         num_parallel_calls=autotune,
     ).prefetch(autotune)
-    steps_per_epoch = max(1, len(images) // task_batch)
+    steps_per_epoch = max(1, len(images) // batch_size)
     return dataset, steps_per_epoch

@@ -14,12 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
-from . import data, metrics
+from . import baselines, data, metrics
 from .backend import keras as _keras
 from .backend import tensorflow
 from .errors import IPGuardError
 from .identity import IdentityCodec
-from .models import WatermarkedClassifier, auto_architecture, build_backbone, predict_classes, save_model
+from .models import (WatermarkedClassifier, auto_architecture, build_backbone, build_plain_classifier, predict_classes,
+                     save_model)
 from .vault import OWNER_KEY_BYTES, OWNER_KEY_FILE, Vault
 
 # Epochs when --epochs is not given: enough for the architecture to converge.
@@ -31,6 +32,9 @@ DEFAULT_BATCH_SIZE = 128  # per replica
 # base model without losing its accuracy.
 DEFAULT_LEARNING_RATE = {"small_cnn": 1e-3, "resnet20": 0.1, "vgg11": 0.05, "base_model": 3e-4}
 IDENTITIES_PER_KEY = 2  # fresh identity images per key for identity_watermark_accuracy
+# Frontier stitching: fine-tuning epochs after plain training, at this fraction of the initial learning rate.
+STITCH_EPOCHS = 2
+STITCH_LEARNING_RATE_FACTOR = 0.1
 
 
 @dataclasses.dataclass
@@ -53,6 +57,7 @@ class EmbedOptions:
     key_share: float = data.DEFAULT_KEY_SHARE
     key_jitter: bool = False
     learning_rate: float | None = None
+    scheme: str = baselines.EXTRA_CLASS
     verbose: int = 1
 
 
@@ -160,7 +165,8 @@ def _task_controls(test_x, seed, count=data.DEFAULT_CONTROLS):
     return test_x[np.sort(chosen)]
 
 
-def _machine():
+def machine_info():
+    """Platform, CPU and GPU names: recorded with every measured figure."""
     tf = tensorflow()
     return {
         "platform": platform.platform(),
@@ -232,21 +238,34 @@ def embed(out, options, force=False, resume=False):
         raise IPGuardError(f"{out} already holds a vault; choose another --out or pass --force to replace it")
     if out.exists() and not out.is_dir():
         raise IPGuardError(f"{out} exists and is not a directory")
+    scheme = baselines.check_scheme(options.scheme)
+    ours = scheme == baselines.EXTRA_CLASS
+    if options.base_model and not ours:
+        raise IPGuardError(f"--base-model protects with the extra-class scheme only, not {scheme!r}; drop --scheme")
     info = data.dataset_info(options.dataset, options.data_dir)
     channels = info.input_shape[2]
-    key_source = options.key_source or data.default_key_source(info.name, channels)
-    data.check_key_source(info.name, key_source, options.keys, data_dir=options.data_dir)
+    uses_key_source = scheme in (baselines.EXTRA_CLASS, "unrelated")
+    key_source = (options.key_source or data.default_key_source(info.name, channels)) if uses_key_source else None
+    if uses_key_source:
+        data.check_key_source(info.name, key_source, options.keys, data_dir=options.data_dir)
     train_x, train_y = data.load_split(info.name, "train", options.data_dir, options.max_train_examples)
     test_x, test_y = data.load_split(info.name, "test", options.data_dir, options.max_test_examples)
 
     work = _work_dir(out)
     owner_key = _prepare_work_dir(work, options, resume, force)
+    secret_seed = _secret_seed(owner_key)
     # The key choice derives from the owner secret, not --seed: every vault gets its own secret keys.
-    key_set = data.build_key_set(info.name, key_source, options.keys, info.input_shape,
-                                 _secret_seed(owner_key), options.data_dir)
-    keys = key_set.keys
-    codec = IdentityCodec(owner_key)
-    identities = metrics.evaluation_identities(codec, keys, IDENTITIES_PER_KEY)
+    key_set = (data.build_key_set(info.name, key_source, options.keys, info.input_shape, secret_seed, options.data_dir)
+               if uses_key_source else None)
+    identities = None
+    if ours:
+        keys, key_labels = key_set.keys, None
+        identities = metrics.evaluation_identities(IdentityCodec(owner_key), keys, IDENTITIES_PER_KEY)
+        controls = {"key_source": key_set.controls, "task": _task_controls(test_x, options.seed)}
+    elif scheme != "frontier-stitching":
+        triggers = baselines.build_triggers(scheme, info, (train_x, train_y), (test_x, test_y), options.keys,
+                                            secret_seed, key_set)
+        keys, key_labels, controls = triggers.images, triggers.labels, triggers.controls
 
     strategy = make_strategy(options.strategy)
     replicas = strategy.num_replicas_in_sync
@@ -255,8 +274,17 @@ def embed(out, options, force=False, resume=False):
     keras.utils.set_random_seed(options.seed)
 
     def build(arch_name):
+        if not ours:
+            return build_plain_classifier(arch_name, info.input_shape, info.num_classes)
         backbone = build_backbone(arch_name, info.input_shape)
         return WatermarkedClassifier(backbone, info.num_classes, name="watermarked_classifier")
+
+    def pipeline(key_images=None, labels=None):
+        return data.training_dataset(
+            train_x, train_y, key_images, info.num_classes, global_batch, options.key_share, augment, options.seed,
+            negatives=key_set.negatives if ours else None, key_jitter=options.key_jitter, key_labels=labels,
+            extra_class=ours,
+        )
 
     base_note = None
     baseline_accuracy = None
@@ -269,20 +297,42 @@ def embed(out, options, force=False, resume=False):
             model = build(arch)
     epochs = options.epochs or DEFAULT_EPOCHS[arch]
     learning_rate = options.learning_rate or DEFAULT_LEARNING_RATE[arch]
-    dataset, steps = data.training_dataset(
-        train_x, train_y, keys, info.num_classes, global_batch, options.key_share, augment, options.seed,
-        negatives=key_set.negatives, key_jitter=options.key_jitter,
-    )
-    with strategy.scope():
-        _compile(model, arch, learning_rate, steps * epochs)
-    train_seconds = _fit(model, dataset, steps, epochs, work / "backup", options.verbose)
 
     def classify(batch):
         return predict_classes(model, batch)
 
-    figures = metrics.watermark_metrics(classify, info.num_classes, test_x, test_y, keys, identities)
-    figures["control_watermark_rate"] = float(np.mean(classify(key_set.controls) == info.num_classes))
-    if options.baseline and not options.base_model:
+    trigger_details = None
+    if scheme == "frontier-stitching":
+        # Le Merrer et al.: train, make adversaries of the trained model, then stitch them in.
+        pretrained = work / "pretrained.weights.h5"
+        dataset, steps = pipeline()
+        with strategy.scope():
+            _compile(model, arch, learning_rate, steps * epochs)
+        if pretrained.is_file():
+            model.load_weights(pretrained)
+            train_seconds = 0.0
+        else:
+            train_seconds = _fit(model, dataset, steps, epochs, work / "backup", options.verbose)
+            model.save_weights(pretrained)
+        baseline_accuracy = float(np.mean(classify(test_x) == test_y))
+        triggers = baselines.frontier_triggers(model, (train_x, train_y), options.keys, secret_seed)
+        keys, key_labels, controls, trigger_details = triggers.images, triggers.labels, triggers.controls, triggers.details
+        dataset, steps = pipeline(keys, key_labels)
+        with strategy.scope():
+            _compile(model, arch, learning_rate * STITCH_LEARNING_RATE_FACTOR, steps * STITCH_EPOCHS)
+        train_seconds += _fit(model, dataset, steps, STITCH_EPOCHS, work / "backup-stitch", options.verbose)
+    else:
+        dataset, steps = pipeline(keys, key_labels)
+        with strategy.scope():
+            _compile(model, arch, learning_rate, steps * epochs)
+        train_seconds = _fit(model, dataset, steps, epochs, work / "backup", options.verbose)
+        trigger_details = None if ours else triggers.details
+
+    figures = metrics.watermark_metrics(classify, info.num_classes, test_x, test_y, keys, identities, key_labels)
+    # The highest hit rate on images made like the keys but never trained on (verification's chance rate).
+    control_sets = [(key_set.controls, info.num_classes)] if ours else list(controls.values())
+    figures["control_watermark_rate"] = max(float(np.mean(classify(x) == y)) for x, y in control_sets)
+    if options.baseline and not options.base_model and scheme != "frontier-stitching":
         keras.utils.set_random_seed(options.seed)
         plain, plain_steps = data.training_dataset(
             train_x, train_y, None, info.num_classes, global_batch, 0.0, augment, options.seed
@@ -313,16 +363,19 @@ def embed(out, options, force=False, resume=False):
         "global_batch_size": global_batch,
         "replicas": replicas,
         "strategy": type(strategy).__name__,
+        "scheme": scheme,
+        "trigger": trigger_details,
+        "stitch_epochs": STITCH_EPOCHS if scheme == "frontier-stitching" else None,
         "key_source": key_source,
         "keys": options.keys,
-        "negatives": int(len(key_set.negatives)),
+        "negatives": int(len(key_set.negatives)) if ours else 0,
         "key_share": options.key_share,
         "key_jitter": options.key_jitter,
         "augmentation": augment,
         "seed": options.seed,
         "base_model": options.base_model,
         "base_model_note": base_note,
-        "machine": _machine(),
+        "machine": machine_info(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
 
@@ -339,8 +392,11 @@ def embed(out, options, force=False, resume=False):
         key_source=key_source,
         architecture=arch,
         seed=options.seed,
-        extra={"key_source_split": "train", "key_source_indices": key_set.indices},
-        controls={"key_source": key_set.controls, "task": _task_controls(test_x, options.seed)},
+        extra={"key_source_split": "train", "key_source_indices": key_set.indices} if ours else {
+            "scheme": scheme, "watermark_class": None, "key_labels": [int(label) for label in key_labels],
+            "trigger": trigger_details,
+            **({"key_source_split": "train", "key_source_indices": key_set.indices} if key_set else {})},
+        controls=controls,
         populate=populate,
         owner_key=owner_key,
         force=force,

@@ -69,6 +69,21 @@ def _check_header(image, name, expected_shape):
             )
 
 
+def to_pil(image):
+    """A uint8 HxWx1 or HxWx3 array as a PIL image (mode L or RGB)."""
+    return Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
+
+
+def from_pil(pil_image, like):
+    """A PIL image back as a uint8 array of the shape of `like`."""
+    return np.asarray(pil_image, np.uint8).reshape(like.shape)
+
+
+def map_images(images, function):
+    """Applies `function` (uint8 HxWxC -> same) to each image of a batch."""
+    return np.stack([function(image) for image in images])
+
+
 def encode_png(array):
     """Encodes a uint8 HxW, HxWx1 or HxWx3 array as PNG bytes."""
     array = np.asarray(array)

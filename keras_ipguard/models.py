@@ -92,6 +92,13 @@ def build_backbone(arch, input_shape):
     return keras.Model(inputs, _BUILDERS[arch](inputs), name=f"{arch}_backbone")
 
 
+def build_plain_classifier(arch, input_shape, num_classes):
+    """A functional N-class classifier of the zoo (no watermark class): the comparison schemes' model."""
+    backbone = build_backbone(arch, input_shape)
+    outputs = keras.layers.Dense(num_classes, activation="softmax", name="head")(backbone.outputs[0])
+    return keras.Model(backbone.inputs, outputs, name=f"{backbone.name.removesuffix('_backbone')}_classifier")
+
+
 @keras.utils.register_keras_serializable(package="keras_ipguard")
 class WatermarkedClassifier(keras.Model):
     """A classifier with N task classes plus one watermark class (index N).

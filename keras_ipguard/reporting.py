@@ -27,12 +27,14 @@ def plot_png(report):
     if report["attack"] == "prune":
         rates = [row["rate"] for row in rows]
         for name in FIGURES:
-            axis.plot(rates, [row[name] for row in rows], marker="o", label=name)
+            if rows[0][name] is not None:
+                axis.plot(rates, [row[name] for row in rows], marker="o", label=name)
         axis.set_xlabel("pruning rate (fraction of weights zeroed)")
     else:
         width = 0.8 / len(FIGURES)
         for offset, name in enumerate(FIGURES):
-            axis.bar([i + offset * width for i in range(len(rows))], [row[name] for row in rows], width, label=name)
+            axis.bar([i + offset * width for i in range(len(rows))], [row[name] or 0.0 for row in rows], width,
+                     label=name if rows[0][name] is not None else f"{name} (n/a)")
         axis.set_xticks([i + width for i in range(len(rows))])
         axis.set_xticklabels(["unattacked"] + [setting_label(row) for row in report["settings"]], rotation=30, ha="right")
     axis.set_ylim(0, 1.05)
@@ -45,6 +47,11 @@ def plot_png(report):
     return buffer.getvalue()
 
 
+def fraction(value):
+    """A figure for a Markdown table: 4 decimals, or n/a where the scheme has none."""
+    return "n/a" if value is None else f"{value:.4f}"
+
+
 def markdown_table(reports):
     """One Markdown table of every setting of every report."""
     lines = ["| attack | setting | clean accuracy | watermark accuracy | identity auth rate | owned (p) |",
@@ -53,7 +60,7 @@ def markdown_table(reports):
         for row in [report["unattacked"]] + report["settings"]:
             label = "unattacked" if row is report["unattacked"] else setting_label(row)
             lines.append(f"| {report['attack']} | {label} | {row['clean_accuracy']:.4f} | {row['watermark_accuracy']:.4f} "
-                         f"| {row['identity_auth_rate']:.4f} | {'yes' if row['owned'] else 'no'} ({row['p_value']:.2g}) |")
+                         f"| {fraction(row['identity_auth_rate'])} | {'yes' if row['owned'] else 'no'} ({row['p_value']:.2g}) |")
     return "\n".join(lines) + "\n"
 
 

@@ -47,6 +47,7 @@ OWNER_KEY_FILE = "owner.key"
 KEYS_DIR = "keys"
 MANIFEST_FILE = "manifest.json"
 CONTROLS_FILE = "controls.npz"
+LABELS_SUFFIX = ".labels"  # controls.npz entry of a control set's hit labels
 USERS_DB = "users.db"
 MODEL_DIR = "model"
 IDENTITIES_DIR = "identities"
@@ -84,11 +85,12 @@ def _library_versions():
 class Vault:
     """An opened, validated vault directory. Create with `Vault.create`, open with `Vault.open`."""
 
-    def __init__(self, path, config, key_images, controls=None):
+    def __init__(self, path, config, key_images, controls=None, control_labels=None):
         self.path = Path(path)
         self.config = config
         self._key_images = key_images
         self._controls = controls or {}
+        self._control_labels = control_labels or {}
         self.registry = UserRegistry(self.path / USERS_DB)
 
     # ------------------------------------------------------------------ create / open
@@ -123,7 +125,8 @@ class Vault:
             key_source, architecture, seed: recorded in vault.json.
             controls: dict of uint8 image arrays that are not keys (held-out
                 key-source images, clean test images), stored in keys/controls.npz
-                for verification's chance rate.
+                for verification's chance rate; a value may also be a pair
+                (images, labels) when the hit label is not the watermark class.
             extra: more JSON-serialisable fields for vault.json.
             populate: callable(tmp_path) that writes more content (the model,
                 reports) before the vault is moved into place.
@@ -182,8 +185,8 @@ class Vault:
                 f"({VAULT_FORMAT_VERSION}); upgrade keras-ipguard"
             )
         _check_owner_key(path / OWNER_KEY_FILE)
-        key_images, controls = _read_keys(path / KEYS_DIR, tuple(config["input_shape"]))
-        vault = cls(path, config, key_images, controls)
+        key_images, controls, control_labels = _read_keys(path / KEYS_DIR, tuple(config["input_shape"]))
+        vault = cls(path, config, key_images, controls, control_labels)
         if not vault.registry.path.is_file():
             raise VaultError(f"{vault.registry.path} is missing; restore it from a backup")
         vault.registry.check()
@@ -198,6 +201,27 @@ class Vault:
     @property
     def watermark_class(self):
         return self.config["watermark_class"]
+
+    @property
+    def scheme(self):
+        """The watermark scheme: 'extra-class' (ours) or a comparison scheme of `keras_ipguard.baselines`."""
+        return self.config.get("scheme", "extra-class")
+
+    @property
+    def issues_identities(self):
+        """Only the extra-class scheme has a class that identity images must get."""
+        return self.scheme == "extra-class"
+
+    @property
+    def key_labels(self):
+        """int array (K,): the label each key must get (class N for the extra-class scheme)."""
+        labels = self.config.get("key_labels")
+        return np.full(self.key_count, self.watermark_class) if labels is None else np.asarray(labels)
+
+    def control_labels(self, name):
+        """int array: the hit label of each image of control set `name`."""
+        labels = self._control_labels.get(name)
+        return np.full(len(self._controls[name]), self.watermark_class) if labels is None else labels
 
     @property
     def input_shape(self):
@@ -253,6 +277,9 @@ class Vault:
         """
         if self.key_count == 0:
             raise VaultError(f"vault {self.path} has no key images yet; run `ipguard embed --out {self.path}` first")
+        if not self.issues_identities:
+            raise VaultError(f"vault {self.path} holds a {self.scheme!r} comparison watermark, which has no identity "
+                             "images; embed with --scheme extra-class to license users")
         codec = self.codec()
         written = []
 
@@ -304,12 +331,18 @@ def _write_keys(keys_dir, key_images, input_shape, controls=None):
     manifest = {"format_version": 1, "count": len(entries), "shape": list(input_shape), "images": entries}
     if controls:
         buffer = io.BytesIO()
-        np.savez_compressed(buffer, **{name: _checked_images(a, input_shape, name) for name, a in controls.items()})
+        arrays = {}
+        for name, value in controls.items():
+            images_, labels = value if isinstance(value, tuple) else (value, None)
+            arrays[name] = _checked_images(images_, input_shape, name)
+            if labels is not None:
+                arrays[name + LABELS_SUFFIX] = np.asarray(labels, np.int64).reshape(len(images_))
+        np.savez_compressed(buffer, **arrays)
         atomic.write_bytes(keys_dir / CONTROLS_FILE, buffer.getvalue())
         manifest["controls"] = {
             "file": CONTROLS_FILE,
             "sha256": _sha256(buffer.getvalue()),
-            "counts": {name: int(len(a)) for name, a in controls.items()},
+            "counts": {name: int(len(a)) for name, a in arrays.items() if not name.endswith(LABELS_SUFFIX)},
         }
     atomic.write_json(keys_dir / MANIFEST_FILE, manifest)
 
@@ -324,7 +357,7 @@ def _checked_images(array, input_shape, what):
 
 
 def _read_keys(keys_dir, input_shape):
-    """Returns (key images, controls dict), verified against the manifest's sha256s."""
+    """Returns (key images, controls dict, control labels dict), verified against the manifest's sha256s."""
     manifest_path = keys_dir / MANIFEST_FILE
     try:
         manifest = json.loads(manifest_path.read_text())
@@ -341,12 +374,16 @@ def _read_keys(keys_dir, input_shape):
     for entry in entries:
         data = _verified_bytes(keys_dir / entry["file"], entry["sha256"])
         keys[entry["index"]] = images.read_image(io.BytesIO(data), input_shape)
-    controls = {}
+    controls, labels = {}, {}
     if "controls" in manifest:
         data = _verified_bytes(keys_dir / manifest["controls"]["file"], manifest["controls"]["sha256"])
         with np.load(io.BytesIO(data)) as archive:
-            controls = {name: archive[name] for name in archive.files}
-    return keys, controls
+            for name in archive.files:
+                if name.endswith(LABELS_SUFFIX):
+                    labels[name[: -len(LABELS_SUFFIX)]] = archive[name]
+                else:
+                    controls[name] = archive[name]
+    return keys, controls, labels
 
 
 def _verified_bytes(path, sha256):

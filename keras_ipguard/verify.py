@@ -109,29 +109,30 @@ def verify(vault, suspect=None, alpha=OWNERSHIP_ALPHA):
     from .suspects import open_suspect  # pylint: disable=import-outside-toplevel  (imports TensorFlow)
 
     suspect = open_suspect(vault.model_path if suspect is None else suspect)
-    target = vault.watermark_class
+    labels = vault.key_labels  # class N for every key, or a comparison scheme's trigger labels
     answers = np.asarray(suspect.classify(vault.key_images))
-    hits = int(np.sum(answers == target))
+    hits = int(np.sum(answers == labels))
     chance = {}
     for name, images in sorted(vault.controls.items()):
-        control_hits = int(np.sum(np.asarray(suspect.classify(images)) == target))
+        control_hits = int(np.sum(np.asarray(suspect.classify(images)) == vault.control_labels(name)))
         chance[name] = {"watermark_answers": control_hits, "images": int(len(images)),
                         "rate": control_hits / max(1, len(images))}
-    has_class = suspect.num_outputs is None or suspect.num_outputs > target
+    has_class = suspect.num_outputs is None or suspect.num_outputs > int(np.max(labels, initial=0))
     agreement = None if has_class or not vault.has_model else _task_agreement(vault, suspect, answers)
     # The least favourable (highest) control rate is the chance rate, smoothed so it is never 0.
     rate = max((_laplace_rate(c["watermark_answers"], c["images"]) for c in chance.values()),
                default=_laplace_rate(0, 0))
     p_value = binomial_tail(hits, len(answers), rate) if has_class else 1.0
     owned = has_class and p_value < alpha
+    wanted = f"class {vault.watermark_class}" if vault.issues_identities else "their trigger label"
     if not has_class:
-        verdict = (f"not owned: the suspect has {suspect.num_outputs} outputs and no watermark class {target}; "
-                   "class-N evidence cannot be gathered from it (see task_agreement for what its answers share "
-                   "with the vault model's)")
+        verdict = (f"not owned: the suspect has {suspect.num_outputs} outputs and no watermark class "
+                   f"{vault.watermark_class}; class-N evidence cannot be gathered from it (see task_agreement for "
+                   "what its answers share with the vault model's)")
     elif owned:
-        verdict = f"owned: {hits}/{len(answers)} keys answered class {target}, p = {p_value:.3g} < {alpha:g}"
+        verdict = f"owned: {hits}/{len(answers)} keys answered {wanted}, p = {p_value:.3g} < {alpha:g}"
     else:
-        verdict = f"not owned: {hits}/{len(answers)} keys answered class {target}, p = {p_value:.3g} >= {alpha:g}"
+        verdict = f"not owned: {hits}/{len(answers)} keys answered {wanted}, p = {p_value:.3g} >= {alpha:g}"
     return OwnershipReport(
         suspect=suspect.description,
         owned=owned,
@@ -147,7 +148,7 @@ def verify(vault, suspect=None, alpha=OWNERSHIP_ALPHA):
         verdict=verdict,
         task_agreement=agreement,
         method=("one-sided binomial test of the key hits; chance rate = the highest Laplace-smoothed rate "
-                "(hits+1)/(n+2) of class-N answers on the suspect's non-key controls; owned iff p < threshold"),
+                "(hits+1)/(n+2) of hits on the suspect's non-key controls; owned iff p < threshold"),
     )
 
 

@@ -19,7 +19,8 @@ def test_every_batch_holds_exactly_the_key_share_labelled_n_and_as_many_negative
     keys = synthetic_keys(8, (28, 28, 1))
     negatives = synthetic_keys(8, (28, 28, 1), seed=1)
     dataset, steps = data.training_dataset(x, y, keys, N, batch_size=16, key_share=0.25, negatives=negatives)
-    assert steps == 64 // 8
+    # As many steps as a plain pass: keys and negatives take part of each batch, not extra batches.
+    assert steps == 64 // 16
     key_highs = {k.tobytes() for k in keys & 0xFE}
     negative_highs = {k.tobytes() for k in negatives & 0xFE}
     uniform = np.array([1 / N] * N + [0], np.float32)
@@ -44,6 +45,19 @@ def test_key_samples_get_fresh_random_lsb_planes():
     # About half are redrawn (binomial, 200 samples), and every redrawn plane is new.
     assert 60 < redrawn < 140
     assert len(planes) == redrawn + 1
+
+
+def test_per_key_labels_without_an_extra_class_keep_key_pixels():
+    x, y = _task()
+    keys = synthetic_keys(4, (28, 28, 1))
+    labels = np.array([3, 1, 4, 1])
+    dataset, _ = data.training_dataset(x, y, keys, N, batch_size=16, key_share=0.25, key_labels=labels,
+                                       extra_class=False)
+    by_image = {k.tobytes(): label for k, label in zip(keys, labels)}
+    for images, targets in dataset.take(6).as_numpy_iterator():
+        assert targets.shape == (16, N)
+        for image, target in zip(images[12:].astype(np.uint8), targets[12:]):
+            assert by_image[image.tobytes()] == target.argmax()  # exact pixels: no LSB redraw
 
 
 def test_task_labels_and_images_pass_through_unaugmented():

@@ -25,7 +25,7 @@ class ThreatModel:
     attack_y: np.ndarray
     eval_x: np.ndarray
     eval_y: np.ndarray
-    identities: np.ndarray
+    identities: np.ndarray | None  # None for comparison schemes (no identity images)
     split: str
 
     def to_dict(self):
@@ -40,7 +40,7 @@ def threat_model(vault, data_dir=None, max_test_examples=None, seed=0):
     attacker, scored = np.sort(order[:cut]), np.sort(order[cut:])
     return ThreatModel(
         vault=vault, attack_x=x[attacker], attack_y=y[attacker], eval_x=x[scored], eval_y=y[scored],
-        identities=metrics.evaluation_identities(vault.codec(), vault.key_images),
+        identities=metrics.evaluation_identities(vault.codec(), vault.key_images) if vault.issues_identities else None,
         split=(f"{vault.dataset} test split ({len(x)} images), seeded random halves: {cut} for the attacker, "
                f"{len(x) - cut} for measurement"),
     )
@@ -53,7 +53,7 @@ class AttackSetting:
     setting: dict
     clean_accuracy: float
     watermark_accuracy: float
-    identity_auth_rate: float
+    identity_auth_rate: float | None
     owned: bool
     p_value: float
     extra: dict = dataclasses.field(default_factory=dict)
@@ -82,8 +82,11 @@ class AttackReport:
 def identity_auth_rate(threat, classify, transform_images=None):
     """Fraction of fresh genuine identity images that decode, pass the MAC and make the model answer class N.
 
-    `transform_images` models a query path that alters images before they arrive.
+    `transform_images` models a query path that alters images before they arrive. None for a
+    comparison scheme, which has no identity images.
     """
+    if threat.identities is None:
+        return None
     images = threat.identities if transform_images is None else transform_images(threat.identities)
     decoded = threat.vault.codec().decode_batch(images)
     answers = np.asarray(classify(images))

@@ -67,7 +67,8 @@ def query_modification(threat, model, false_positive_rates=(DEFAULT_FALSE_POSITI
                 "threshold": defence.threshold,
                 "flag_rate_clean": float(np.mean(defence.flagged(threat.eval_x))),
                 "flag_rate_keys": float(np.mean(defence.flagged(threat.vault.key_images))),
-                "flag_rate_identities": float(np.mean(defence.flagged(threat.identities))),
+                "flag_rate_identities": (None if threat.identities is None
+                                         else float(np.mean(defence.flagged(threat.identities)))),
             }))
     return AttackReport("query-modification", threat.to_dict(), baseline.to_dict(), settings, total.seconds, notes=[
         f"autoencoder trained {epochs} epochs on the attacker's clean data; threshold = the reconstruction-error "

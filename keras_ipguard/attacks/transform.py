@@ -5,6 +5,9 @@ import io
 import numpy as np
 from PIL import Image, ImageFilter
 
+from ..images import from_pil as _back
+from ..images import map_images as _per_image
+from ..images import to_pil as _pil
 from .common import AttackReport, Timer, measure
 
 DEFAULT_SETTINGS = (
@@ -13,18 +16,6 @@ DEFAULT_SETTINGS = (
     ("bits", 6), ("bits", 4), ("bits", 3),
     ("median", 3),
 )
-
-
-def _per_image(images, function):
-    return np.stack([function(image) for image in images])
-
-
-def _pil(image):
-    return Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
-
-
-def _back(pil_image, like):
-    return np.asarray(pil_image, np.uint8).reshape(like.shape)
 
 
 def jpeg(images, quality):

@@ -1,0 +1,314 @@
+"""The paper's comparison, reproduced: every scheme embedded, verified and attacked alike (`make paper`).
+
+    python -m keras_ipguard.paper [--dataset fashion_mnist --dataset cifar10] [--work runs/paper]
+                                  [--out docs/results/paper] [--profile auto|full|reduced]
+
+For each dataset, every scheme of `keras_ipguard.baselines` is embedded into
+the same architecture with the same seed and epochs, verified, and put through
+the attack suite's defaults (pruning sweep, FTAL and RTAL fine-tuning with
+SGD, query modification at 5% false positives, JPEG, truncation). Our scheme's
+identity images are issued to real users and checked, with a forgery corpus.
+
+Vaults go under --work and are reused when present, so an interrupted run
+continues where it stopped. Results go to --out/<dataset>/: results.json (all
+figures, the command, settings, machine and date), table.md, prune.png and
+attacks.png.
+"""
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+# Dataset settings. `full`: the architecture's default epochs on all data.
+# `reduced`: what fits a 2-core CPU in minutes (CIFAR-10 only; stated in the results).
+PROFILES = {
+    "fashion_mnist": {"full": {}, "reduced": {}},
+    "cifar10": {"full": {}, "reduced": {"epochs": 10, "max_train_examples": 20000, "max_test_examples": 2000}},
+}
+ATTACK_COLUMNS = ("prune 0.5", "prune 0.8", "FTAL", "RTAL", "query-mod 5%", "JPEG 75", "truncate")
+USERS, REVOKED = 100, 10
+FORGERIES = {"random-lsb": 3000, "bit-flip": 2000, "other-secret": 1000, "revoked": 1000, "clean": 2000, "jpeg": 1000}
+
+
+def log(message):
+    print(f"[paper {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def settings_for(dataset, profile):
+    """The embed settings of `dataset` under `profile` ('auto' = full with a GPU, else reduced)."""
+    if profile == "auto":
+        from .backend import tensorflow  # pylint: disable=import-outside-toplevel
+
+        profile = "full" if tensorflow().config.list_physical_devices("GPU") else "reduced"
+    return profile, dict(PROFILES.get(dataset, {"full": {}, "reduced": {}})[profile])
+
+
+def embed_scheme(work, dataset, scheme, settings, data_dir):
+    """The scheme's vault under `work`, embedded now unless a finished one is there."""
+    from .embed import EmbedOptions, embed, _work_dir  # pylint: disable=import-outside-toplevel
+    from .vault import Vault  # pylint: disable=import-outside-toplevel
+
+    path = work / dataset / scheme
+    if (path / "reports" / "embed.json").is_file():
+        log(f"{dataset} {scheme}: reusing {path}")
+        return Vault.open(path)
+    log(f"{dataset} {scheme}: embedding")
+    options = EmbedOptions(dataset=dataset, data_dir=data_dir, scheme=scheme, seed=0, verbose=2,
+                           baseline=scheme == "extra-class", **settings)
+    embed(path, options, force=path.exists(), resume=_work_dir(path).exists())
+    return Vault.open(path)
+
+
+def identity_figures(vault, classify):
+    """identity_auth_rate of USERS genuine users (REVOKED of them then revoked) and forged_acceptance_rate."""
+    from . import metrics  # pylint: disable=import-outside-toplevel
+    from .images import read_image  # pylint: disable=import-outside-toplevel
+    from .verify import authenticate  # pylint: disable=import-outside-toplevel
+
+    records = vault.users()
+    if not records:
+        for index in range(USERS):
+            vault.add_user(f"paper-user-{index:03d}")
+        for index in range(USERS - REVOKED, USERS):
+            vault.revoke_user(f"paper-user-{index:03d}")
+        records = vault.users()
+    active = [r for r in records if r.active]
+    revoked = [r for r in records if not r.active]
+    genuine = np.stack([read_image(vault.identities_path / r.image_file, vault.input_shape) for r in active])
+    report = authenticate(vault, list(genuine), classify=classify, log=False)
+    corpus = metrics.forgery_corpus(vault, genuine, revoked, vault.controls["key_source"],
+                                    np.random.default_rng(0), FORGERIES)
+    accepted = {kind: authenticate(vault, list(images), classify=classify, log=False).authorized_count
+                for kind, images in corpus.items()}
+    total = sum(len(images) for images in corpus.values())
+    return {"identity_auth_rate": report.authorized_count / len(genuine), "identity_users": len(genuine),
+            "forged_acceptance_rate": sum(accepted.values()) / total, "forgeries": total,
+            "forgeries_accepted_by_kind": accepted}
+
+
+def attack_scheme(vault, data_dir, max_test_examples):
+    """The attack suite's defaults against the vault's model; returns {column: setting dict} and the reports."""
+    from . import attacks, reporting  # pylint: disable=import-outside-toplevel
+    from .models import load_model  # pylint: disable=import-outside-toplevel
+
+    model = load_model(vault.model_path)
+    threat = attacks.threat_model(vault, data_dir, max_test_examples)
+    reports = []
+    for name, run in (
+        ("prune", lambda: attacks.prune(threat, model)),
+        ("finetune", lambda: attacks.finetune(threat, model, variants=("FTAL", "RTAL"), optimizers=("sgd",))),
+        ("query-modification", lambda: attacks.query_modification(threat, model)),
+        ("transform", lambda: attacks.transform(threat, model, settings=(("jpeg", 75),))),
+        ("truncate", lambda: attacks.truncate(threat, model)),
+    ):
+        log(f"  attack {name}")
+        report = run().to_dict()
+        reporting.write_attack_report(vault, report)
+        reports.append(report)
+    by_attack = {r["attack"]: r for r in reports}
+    prune_rows = {row["rate"]: row for row in by_attack["prune"]["settings"]}
+    finetune_rows = {row["variant"]: row for row in by_attack["finetune"]["settings"]}
+    columns = {
+        "prune 0.5": prune_rows[0.5], "prune 0.8": prune_rows[0.8],
+        "FTAL": finetune_rows["FTAL"], "RTAL": finetune_rows["RTAL"],
+        "query-mod 5%": by_attack["query-modification"]["settings"][0],
+        "JPEG 75": by_attack["transform"]["settings"][0],
+        "truncate": by_attack["truncate"]["settings"][0],
+    }
+    return by_attack["prune"]["unattacked"], columns, reports
+
+
+def run_dataset(dataset, work, out, profile, data_dir, schemes, overrides=None):
+    from . import baselines  # pylint: disable=import-outside-toplevel
+    from .embed import machine_info  # pylint: disable=import-outside-toplevel
+    from .models import load_model, predict_classes  # pylint: disable=import-outside-toplevel
+    from .verify import verify  # pylint: disable=import-outside-toplevel
+
+    profile, settings = settings_for(dataset, profile)
+    settings.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    rows = {}
+    plain_accuracy = None
+    for scheme in schemes:
+        baselines.check_scheme(scheme)
+        started = time.time()
+        vault = embed_scheme(work, dataset, scheme, settings, data_dir)
+        embed_report = json.loads((vault.reports_path / "embed.json").read_text())
+        plain_accuracy = embed_report.get("baseline_clean_accuracy", plain_accuracy) if scheme == "extra-class" else plain_accuracy
+        ownership = verify(vault).to_dict()
+        row = {"scheme": scheme, "embed": embed_report, "verify": ownership}
+        if vault.issues_identities:
+            model = load_model(vault.model_path)
+            row["identity"] = identity_figures(vault, lambda images, m=model: predict_classes(m, images))
+        unattacked, columns, reports = attack_scheme(vault, data_dir, settings.get("max_test_examples"))
+        row.update(unattacked=unattacked, attacks=columns, attack_reports=reports, seconds=round(time.time() - started, 1))
+        rows[scheme] = row
+        log(f"{dataset} {scheme}: clean {embed_report['clean_accuracy']:.4f} watermark "
+            f"{embed_report['watermark_accuracy']:.4f} owned {ownership['owned']}")
+    for row in rows.values():
+        if plain_accuracy is not None:
+            row["plain_clean_accuracy"] = plain_accuracy
+            row["fidelity_drop"] = round(100 * (plain_accuracy - row["embed"]["clean_accuracy"]), 2)
+    epochs = {scheme: row["embed"]["epochs"] for scheme, row in rows.items()}
+    result = {
+        "dataset": dataset,
+        "profile": profile,
+        "settings": settings,
+        "epochs": epochs,
+        "architecture": next(iter(rows.values()))["embed"]["architecture"] if rows else None,
+        "command": "python -m keras_ipguard.paper " + " ".join(sys.argv[1:]),
+        "machine": machine_info(),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "threat_model": rows[next(iter(rows))]["attack_reports"][0]["threat_model"] if rows else None,
+        "plain_clean_accuracy": plain_accuracy,
+        "schemes": rows,
+    }
+    target = out / dataset
+    target.mkdir(parents=True, exist_ok=True)
+    (target / "results.json").write_text(json.dumps(result, indent=2, sort_keys=True, default=float) + "\n")
+    (target / "table.md").write_text(markdown(result))
+    (target / "prune.png").write_bytes(prune_plot(result))
+    (target / "attacks.png").write_bytes(scatter_plot(result))
+    log(f"{dataset}: wrote {target}")
+    return result
+
+
+def _cell(row):
+    mark = "✓" if row["owned"] else "✗"
+    return f"{row['watermark_accuracy']:.2f} {mark}"
+
+
+def markdown(result):
+    """The per-dataset table: rows are schemes, columns the figures and the watermark after each attack."""
+    settings = ", ".join(f"{k}={v}" for k, v in result["settings"].items()) or "all data, default epochs"
+    lines = [
+        f"# {result['dataset']}: watermark schemes compared ({result['profile']} profile: {settings})",
+        "",
+        f"Architecture {result['architecture']}; epochs {json.dumps(result['epochs'])}; machine "
+        f"{result['machine']['processor']} x{result['machine']['cpu_count']}"
+        f"{', GPU ' + ', '.join(result['machine']['gpus']) if result['machine']['gpus'] else ' (CPU only)'}; "
+        f"{result['date']}. Command: `{result['command']}`.",
+        f"Attacks: {result['threat_model']['split'] if result['threat_model'] else ''}.",
+        "",
+        "Watermark accuracy (fraction of triggers answered as embedded); ✓ = verify says owned "
+        "(p < 1e-12 against the suspect's own hit rate on controls), ✗ = not owned.",
+        "",
+        "| scheme | clean acc. | fidelity drop (pts) | watermark acc. | control hit rate | identity auth | forged accepted | "
+        + " | ".join(ATTACK_COLUMNS) + " |",
+        "|---|---|---|---|---|---|---|" + "---|" * len(ATTACK_COLUMNS),
+    ]
+    for scheme, row in result["schemes"].items():
+        identity = row.get("identity")
+        identity_cells = (f"{identity['identity_auth_rate']:.2f} | {identity['forged_acceptance_rate']:.4f}"
+                          if identity else "n/a | n/a")
+        lines.append(
+            f"| {scheme} | {row['embed']['clean_accuracy']:.4f} | {row.get('fidelity_drop', float('nan')):+.2f} | "
+            f"{_cell(row['verify'])} | {row['verify']['chance_rate']:.3f} | {identity_cells} | "
+        )
+        lines[-1] += " | ".join(_cell(row["attacks"][column]) for column in ATTACK_COLUMNS) + " |"
+    lines += ["", "Clean accuracy after each attack:", "",
+              "| scheme | unattacked | " + " | ".join(ATTACK_COLUMNS) + " |", "|---|---|" + "---|" * len(ATTACK_COLUMNS)]
+    for scheme, row in result["schemes"].items():
+        lines.append(f"| {scheme} | {row['unattacked']['clean_accuracy']:.4f} | "
+                     + " | ".join(f"{row['attacks'][c]['clean_accuracy']:.4f}" for c in ATTACK_COLUMNS) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _pyplot():
+    import matplotlib  # pylint: disable=import-outside-toplevel
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot  # pylint: disable=import-outside-toplevel
+
+    return pyplot
+
+
+def _png(figure):
+    import io  # pylint: disable=import-outside-toplevel
+
+    buffer = io.BytesIO()
+    figure.tight_layout()
+    figure.savefig(buffer, format="png", dpi=100)
+    _pyplot().close(figure)
+    return buffer.getvalue()
+
+
+def prune_plot(result):
+    """Watermark accuracy vs pruning rate, one line per scheme (dashed: clean accuracy)."""
+    pyplot = _pyplot()
+    figure, axis = pyplot.subplots(figsize=(7, 4.5))
+    for scheme, row in result["schemes"].items():
+        prune = next(r for r in row["attack_reports"] if r["attack"] == "prune")
+        points = [prune["unattacked"]] + prune["settings"]
+        line, = axis.plot([p["rate"] for p in points], [p["watermark_accuracy"] for p in points], marker="o", label=scheme)
+        axis.plot([p["rate"] for p in points], [p["clean_accuracy"] for p in points], linestyle="--",
+                  color=line.get_color(), alpha=0.5)
+    axis.set_xlabel("pruning rate (fraction of weights zeroed)")
+    axis.set_ylabel("watermark accuracy (solid) / clean accuracy (dashed)")
+    axis.set_ylim(0, 1.05)
+    axis.set_title(f"{result['dataset']}: watermark accuracy under magnitude pruning")
+    axis.legend(fontsize="small")
+    return _png(figure)
+
+
+def scatter_plot(result):
+    """Clean vs watermark accuracy under each attack, one point per scheme (hollow: not owned)."""
+    pyplot = _pyplot()
+    columns = ("unattacked",) + ATTACK_COLUMNS
+    figure, axes = pyplot.subplots(2, 4, figsize=(14, 7), sharex=True, sharey=True)
+    colours = pyplot.rcParams["axes.prop_cycle"].by_key()["color"]
+    for axis, column in zip(axes.flat, columns):
+        for index, (scheme, row) in enumerate(result["schemes"].items()):
+            point = row["unattacked"] if column == "unattacked" else row["attacks"][column]
+            colour = colours[index % len(colours)]
+            axis.scatter(point["clean_accuracy"], point["watermark_accuracy"], s=60, label=scheme,
+                         color=colour if point["owned"] else "none", edgecolors=colour, linewidths=1.5)
+        axis.set_title(column)
+        axis.set_xlim(0, 1.02)
+        axis.set_ylim(-0.02, 1.05)
+        axis.grid(alpha=0.3)
+    for axis in axes[-1]:
+        axis.set_xlabel("clean accuracy")
+    for axis in axes[:, 0]:
+        axis.set_ylabel("watermark accuracy")
+    axes.flat[0].legend(fontsize="x-small", loc="lower left")
+    figure.suptitle(f"{result['dataset']}: clean vs watermark accuracy under each attack (hollow = not owned)")
+    return _png(figure)
+
+
+def main(argv=None):
+    from . import baselines  # pylint: disable=import-outside-toplevel
+
+    parser = argparse.ArgumentParser(prog="python -m keras_ipguard.paper", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", action="append", choices=sorted(PROFILES), help="repeatable [default: both]")
+    parser.add_argument("--scheme", action="append", choices=baselines.SCHEMES, help="repeatable [default: all]")
+    parser.add_argument("--work", type=Path, default=Path("runs/paper"), help="vaults (git-ignored) [runs/paper]")
+    parser.add_argument("--out", type=Path, default=Path("docs/results/paper"), help="results [docs/results/paper]")
+    parser.add_argument("--profile", choices=("auto", "full", "reduced"), default="auto",
+                        help="auto: full epochs on a GPU, reduced CIFAR-10 on CPU [auto]")
+    parser.add_argument("--data-dir", help="prepared tfds data directory [TFDS_DATA_DIR]")
+    parser.add_argument("--epochs", type=int, help="override the profile's epochs (quick checks)")
+    parser.add_argument("--max-train-examples", type=int, help="override the profile's training subset")
+    parser.add_argument("--max-test-examples", type=int, help="override the profile's test subset")
+    args = parser.parse_args(argv)
+    schemes = args.scheme or list(baselines.SCHEMES)
+    if "extra-class" in schemes:  # first: its plain baseline is every scheme's fidelity reference
+        schemes = ["extra-class"] + [s for s in schemes if s != "extra-class"]
+    from .errors import IPGuardError  # pylint: disable=import-outside-toplevel
+
+    try:
+        for dataset in args.dataset or ["fashion_mnist", "cifar10"]:
+            run_dataset(dataset, args.work, args.out, args.profile, args.data_dir, schemes, {
+                "epochs": args.epochs, "max_train_examples": args.max_train_examples,
+                "max_test_examples": args.max_test_examples})
+    except IPGuardError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
