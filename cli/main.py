@@ -93,7 +93,7 @@ def embed(out, force, resume, as_json, **options):
     result = run_embed(out, EmbedOptions(**options, verbose=1), force=force, resume=resume)
     report = result.report
     lines = [f"vault written: {out}"]
-    lines += [f"  {name:<28} {report[name]:.4f}" for name in SUMMARY_METRICS if name in report]
+    lines += [f"  {name:<28} {report[name]:.4f}" for name in SUMMARY_METRICS if report.get(name) is not None]
     if "fidelity_drop" in report:
         lines.append(f"  {'fidelity_drop':<28} {report['fidelity_drop']:+.2f} percentage points")
     lines.append(f"  trained {report['epochs']} epochs in {report['train_seconds']:.0f} s ({report['examples_per_second']:.0f} examples/s)")

@@ -32,9 +32,12 @@ DEFAULT_BATCH_SIZE = 128  # per replica
 # base model without losing its accuracy.
 DEFAULT_LEARNING_RATE = {"small_cnn": 1e-3, "resnet20": 0.1, "vgg11": 0.05, "base_model": 3e-4}
 IDENTITIES_PER_KEY = 2  # fresh identity images per key for identity_watermark_accuracy
-# Frontier stitching: fine-tuning epochs after plain training, at this fraction of the initial learning rate.
-STITCH_EPOCHS = 2
-STITCH_LEARNING_RATE_FACTOR = 0.1
+# Frontier stitching: after plain training, fine-tune with the keys until every key gets its label
+# (Le Merrer et al.), at most this many epochs, at this fraction of the initial learning rate.
+STITCH_MAX_EPOCHS = 5
+STITCH_LEARNING_RATE_FACTOR = 0.3
+# Keys are "boosted" while stitching (many copies among the training data, as in reference implementations).
+STITCH_KEY_SHARE = 0.25
 
 
 @dataclasses.dataclass
@@ -56,6 +59,7 @@ class EmbedOptions:
     max_test_examples: int | None = None
     key_share: float = data.DEFAULT_KEY_SHARE
     key_jitter: bool = False
+    negatives: int = data.DEFAULT_NEGATIVES
     learning_rate: float | None = None
     scheme: str = baselines.EXTRA_CLASS
     verbose: int = 1
@@ -108,6 +112,20 @@ class StopOnNaN(_keras().callbacks.Callback):
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(float(loss)):
             self.failed_at = (self.epoch + 1, batch + 1)
+            self.model.stop_training = True
+
+
+class StopWhenKeysLearnt(_keras().callbacks.Callback):
+    """Ends training after the first epoch at which every key image gets its label."""
+
+    def __init__(self, keys, labels):
+        super().__init__()
+        self.keys, self.labels = keys, np.asarray(labels)
+        self.epochs = 0
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epochs = epoch + 1
+        if np.all(predict_classes(self.model, self.keys) == self.labels):
             self.model.stop_training = True
 
 
@@ -202,10 +220,10 @@ def _prepare_work_dir(work, options, resume, force):
     return owner_key
 
 
-def _fit(model, dataset, steps, epochs, backup_dir, verbose):
+def _fit(model, dataset, steps, epochs, backup_dir, verbose, callbacks=()):
     keras = _keras()
     nan_guard = StopOnNaN()
-    callbacks = [keras.callbacks.BackupAndRestore(str(backup_dir)), nan_guard]
+    callbacks = [keras.callbacks.BackupAndRestore(str(backup_dir)), nan_guard, *callbacks]
     start = time.perf_counter()
     # Keras prints its progress bar on stdout; keep stdout for results (--json).
     with contextlib.redirect_stdout(sys.stderr):
@@ -247,7 +265,8 @@ def embed(out, options, force=False, resume=False):
     uses_key_source = scheme in (baselines.EXTRA_CLASS, "unrelated")
     key_source = (options.key_source or data.default_key_source(info.name, channels)) if uses_key_source else None
     if uses_key_source:
-        data.check_key_source(info.name, key_source, options.keys, data_dir=options.data_dir)
+        data.check_key_source(info.name, key_source, options.keys, options.negatives + data.DEFAULT_CONTROLS,
+                              options.data_dir)
     train_x, train_y = data.load_split(info.name, "train", options.data_dir, options.max_train_examples)
     test_x, test_y = data.load_split(info.name, "test", options.data_dir, options.max_test_examples)
 
@@ -255,8 +274,8 @@ def embed(out, options, force=False, resume=False):
     owner_key = _prepare_work_dir(work, options, resume, force)
     secret_seed = _secret_seed(owner_key)
     # The key choice derives from the owner secret, not --seed: every vault gets its own secret keys.
-    key_set = (data.build_key_set(info.name, key_source, options.keys, info.input_shape, secret_seed, options.data_dir)
-               if uses_key_source else None)
+    key_set = (data.build_key_set(info.name, key_source, options.keys, info.input_shape, secret_seed, options.data_dir,
+                                  negatives=options.negatives) if uses_key_source else None)
     identities = None
     if ours:
         keys, key_labels = key_set.keys, None
@@ -279,9 +298,9 @@ def embed(out, options, force=False, resume=False):
         backbone = build_backbone(arch_name, info.input_shape)
         return WatermarkedClassifier(backbone, info.num_classes, name="watermarked_classifier")
 
-    def pipeline(key_images=None, labels=None):
+    def pipeline(key_images=None, labels=None, key_share=options.key_share):
         return data.training_dataset(
-            train_x, train_y, key_images, info.num_classes, global_batch, options.key_share, augment, options.seed,
+            train_x, train_y, key_images, info.num_classes, global_batch, key_share, augment, options.seed,
             negatives=key_set.negatives if ours else None, key_jitter=options.key_jitter, key_labels=labels,
             extra_class=ours,
         )
@@ -317,10 +336,13 @@ def embed(out, options, force=False, resume=False):
         baseline_accuracy = float(np.mean(classify(test_x) == test_y))
         triggers = baselines.frontier_triggers(model, (train_x, train_y), options.keys, secret_seed)
         keys, key_labels, controls, trigger_details = triggers.images, triggers.labels, triggers.controls, triggers.details
-        dataset, steps = pipeline(keys, key_labels)
+        dataset, steps = pipeline(keys, key_labels, STITCH_KEY_SHARE)
         with strategy.scope():
-            _compile(model, arch, learning_rate * STITCH_LEARNING_RATE_FACTOR, steps * STITCH_EPOCHS)
-        train_seconds += _fit(model, dataset, steps, STITCH_EPOCHS, work / "backup-stitch", options.verbose)
+            _compile(model, arch, learning_rate * STITCH_LEARNING_RATE_FACTOR, steps * STITCH_MAX_EPOCHS)
+        stitched = StopWhenKeysLearnt(keys, key_labels)
+        train_seconds += _fit(model, dataset, steps, STITCH_MAX_EPOCHS, work / "backup-stitch", options.verbose,
+                              [stitched])
+        trigger_details.update(stitch_epochs=stitched.epochs, stitch_key_share=STITCH_KEY_SHARE)
     else:
         dataset, steps = pipeline(keys, key_labels)
         with strategy.scope():
@@ -365,7 +387,6 @@ def embed(out, options, force=False, resume=False):
         "strategy": type(strategy).__name__,
         "scheme": scheme,
         "trigger": trigger_details,
-        "stitch_epochs": STITCH_EPOCHS if scheme == "frontier-stitching" else None,
         "key_source": key_source,
         "keys": options.keys,
         "negatives": int(len(key_set.negatives)) if ours else 0,

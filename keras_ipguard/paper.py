@@ -166,14 +166,34 @@ def run_dataset(dataset, work, out, profile, data_dir, schemes, overrides=None):
         "plain_clean_accuracy": plain_accuracy,
         "schemes": rows,
     }
-    target = out / dataset
+    write_outputs(result, out / dataset)
+    return result
+
+
+def write_outputs(result, target):
+    """results.json, table.md, prune.png and attacks.png for one dataset's result."""
     target.mkdir(parents=True, exist_ok=True)
     (target / "results.json").write_text(json.dumps(result, indent=2, sort_keys=True, default=float) + "\n")
     (target / "table.md").write_text(markdown(result))
     (target / "prune.png").write_bytes(prune_plot(result))
     (target / "attacks.png").write_bytes(scatter_plot(result))
-    log(f"{dataset}: wrote {target}")
-    return result
+    log(f"{result['dataset']}: wrote {target}")
+
+
+def provenance(result):
+    """One line: dataset, profile, epochs, machine, date (printed on every figure)."""
+    machine = result["machine"]
+    device = ", ".join(machine["gpus"]) if machine["gpus"] else f"CPU only, {machine['cpu_count']} cores"
+    epochs = sorted(set(result["epochs"].values()))
+    return (f"{result['dataset']}, {result['profile']} profile {json.dumps(result['settings'])}, "
+            f"epochs {'/'.join(map(str, epochs))}, {result['architecture']}; {device}; {result['date']}")
+
+
+def _ordered(result):
+    """(scheme, row) pairs in `baselines.SCHEMES` order (ours first), whatever the JSON's key order."""
+    from .baselines import SCHEMES  # pylint: disable=import-outside-toplevel
+
+    return sorted(result["schemes"].items(), key=lambda item: SCHEMES.index(item[0]))
 
 
 def _cell(row):
@@ -200,7 +220,7 @@ def markdown(result):
         + " | ".join(ATTACK_COLUMNS) + " |",
         "|---|---|---|---|---|---|---|" + "---|" * len(ATTACK_COLUMNS),
     ]
-    for scheme, row in result["schemes"].items():
+    for scheme, row in _ordered(result):
         identity = row.get("identity")
         identity_cells = (f"{identity['identity_auth_rate']:.2f} | {identity['forged_acceptance_rate']:.4f}"
                           if identity else "n/a | n/a")
@@ -211,7 +231,7 @@ def markdown(result):
         lines[-1] += " | ".join(_cell(row["attacks"][column]) for column in ATTACK_COLUMNS) + " |"
     lines += ["", "Clean accuracy after each attack:", "",
               "| scheme | unattacked | " + " | ".join(ATTACK_COLUMNS) + " |", "|---|---|" + "---|" * len(ATTACK_COLUMNS)]
-    for scheme, row in result["schemes"].items():
+    for scheme, row in _ordered(result):
         lines.append(f"| {scheme} | {row['unattacked']['clean_accuracy']:.4f} | "
                      + " | ".join(f"{row['attacks'][c]['clean_accuracy']:.4f}" for c in ATTACK_COLUMNS) + " |")
     return "\n".join(lines) + "\n"
@@ -240,7 +260,7 @@ def prune_plot(result):
     """Watermark accuracy vs pruning rate, one line per scheme (dashed: clean accuracy)."""
     pyplot = _pyplot()
     figure, axis = pyplot.subplots(figsize=(7, 4.5))
-    for scheme, row in result["schemes"].items():
+    for scheme, row in _ordered(result):
         prune = next(r for r in row["attack_reports"] if r["attack"] == "prune")
         points = [prune["unattacked"]] + prune["settings"]
         line, = axis.plot([p["rate"] for p in points], [p["watermark_accuracy"] for p in points], marker="o", label=scheme)
@@ -251,6 +271,7 @@ def prune_plot(result):
     axis.set_ylim(0, 1.05)
     axis.set_title(f"{result['dataset']}: watermark accuracy under magnitude pruning")
     axis.legend(fontsize="small")
+    figure.text(0.01, 0.005, provenance(result), fontsize=6, color="gray")
     return _png(figure)
 
 
@@ -261,7 +282,7 @@ def scatter_plot(result):
     figure, axes = pyplot.subplots(2, 4, figsize=(14, 7), sharex=True, sharey=True)
     colours = pyplot.rcParams["axes.prop_cycle"].by_key()["color"]
     for axis, column in zip(axes.flat, columns):
-        for index, (scheme, row) in enumerate(result["schemes"].items()):
+        for index, (scheme, row) in enumerate(_ordered(result)):
             point = row["unattacked"] if column == "unattacked" else row["attacks"][column]
             colour = colours[index % len(colours)]
             axis.scatter(point["clean_accuracy"], point["watermark_accuracy"], s=60, label=scheme,
@@ -276,6 +297,7 @@ def scatter_plot(result):
         axis.set_ylabel("watermark accuracy")
     axes.flat[0].legend(fontsize="x-small", loc="lower left")
     figure.suptitle(f"{result['dataset']}: clean vs watermark accuracy under each attack (hollow = not owned)")
+    figure.text(0.01, 0.005, provenance(result), fontsize=7, color="gray")
     return _png(figure)
 
 
@@ -293,12 +315,19 @@ def main(argv=None):
     parser.add_argument("--epochs", type=int, help="override the profile's epochs (quick checks)")
     parser.add_argument("--max-train-examples", type=int, help="override the profile's training subset")
     parser.add_argument("--max-test-examples", type=int, help="override the profile's test subset")
+    parser.add_argument("--replot", action="store_true",
+                        help="only rewrite table.md and the PNGs from each dataset's results.json under --out")
     args = parser.parse_args(argv)
     schemes = args.scheme or list(baselines.SCHEMES)
     if "extra-class" in schemes:  # first: its plain baseline is every scheme's fidelity reference
         schemes = ["extra-class"] + [s for s in schemes if s != "extra-class"]
     from .errors import IPGuardError  # pylint: disable=import-outside-toplevel
 
+    if args.replot:
+        for dataset in args.dataset or ["fashion_mnist", "cifar10"]:
+            if (args.out / dataset / "results.json").is_file():
+                write_outputs(json.loads((args.out / dataset / "results.json").read_text()), args.out / dataset)
+        return 0
     try:
         for dataset in args.dataset or ["fashion_mnist", "cifar10"]:
             run_dataset(dataset, args.work, args.out, args.profile, args.data_dir, schemes, {

@@ -90,12 +90,18 @@ def tiny_model():
     """A small CNN fitted briefly to separate bright from dark images (a real frontier to cross)."""
     from keras_ipguard.models import build_plain_classifier
 
+    from keras_ipguard.backend import keras
+
+    keras().utils.set_random_seed(0)
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 2, 600)
-    images = np.clip(rng.normal(90 + 80 * labels[:, None, None, None], 30, (600,) + SHAPE), 0, 255).astype(np.uint8)
+    # Image brightness spread evenly over 40..210, the class split at 125: many images lie near the frontier.
+    levels = np.where(labels == 1, rng.uniform(125, 210, 600), rng.uniform(40, 125, 600))
+    images = np.clip(rng.normal(levels[:, None, None, None], 10, (600,) + SHAPE), 0, 255).astype(np.uint8)
     model = build_plain_classifier("small_cnn", SHAPE, 2)
-    model.compile("adam", "sparse_categorical_crossentropy")
-    model.fit(images.astype(np.float32), labels, epochs=3, batch_size=64, verbose=0)
+    model.compile(keras().optimizers.Adam(1e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    history = model.fit(images.astype(np.float32), labels, epochs=8, batch_size=32, verbose=0)
+    assert history.history["accuracy"][-1] > 0.9
     return model, images, labels
 
 
@@ -110,7 +116,7 @@ def test_frontier_triggers_are_true_and_false_adversaries_with_true_labels(tiny_
     from keras_ipguard.models import predict_classes
 
     model, images, labels = tiny_model
-    triggers = frontier.frontier_triggers(model, (images, labels), 20, seed=0, epsilon=0.3, controls=40)
+    triggers = frontier.frontier_triggers(model, (images, labels), 20, seed=0, epsilon=0.1, controls=40)
     answers = predict_classes(model, triggers.images)
     assert ((answers != triggers.labels)[:10]).all()  # true adversaries: the model is fooled
     assert ((answers == triggers.labels)[10:]).all()  # false adversaries: still right

@@ -1,0 +1,41 @@
+"""`python -m keras_ipguard.paper` end to end on a tiny real subset (skipped where ../shared is absent)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import SHARED_TFDS
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.isdir(os.path.join(SHARED_TFDS, "fashion_mnist")),
+                    reason="needs the prepared datasets in ../shared/tensorflow_datasets")
+def test_paper_run_writes_table_json_and_plots_and_resumes(tmp_path):
+    command = [sys.executable, "-m", "keras_ipguard.paper", "--dataset", "fashion_mnist", "--scheme", "content",
+               "--scheme", "extra-class", "--epochs", "1", "--max-train-examples", "2000",
+               "--max-test-examples", "400", "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out"),
+               "--data-dir", SHARED_TFDS]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = tmp_path / "out" / "fashion_mnist"
+    result = json.loads((out / "results.json").read_text())
+    assert list(result["schemes"]) == ["content", "extra-class"]  # sorted keys; ours ran first
+    ours, content = result["schemes"]["extra-class"], result["schemes"]["content"]
+    assert ours["identity"]["forgeries"] == 10000 and ours["identity"]["forged_acceptance_rate"] == 0.0
+    assert "identity" not in content and content["embed"]["scheme"] == "content"
+    # Fidelity is measured against the one plain model trained with ours (same architecture, seed, epochs).
+    assert content["plain_clean_accuracy"] == ours["embed"]["baseline_clean_accuracy"]
+    assert set(ours["attacks"]) == {"prune 0.5", "prune 0.8", "FTAL", "RTAL", "query-mod 5%", "JPEG 75", "truncate"}
+    assert not ours["attacks"]["truncate"]["owned"]
+    assert result["machine"]["cpu_count"] and result["date"] and "keras_ipguard.paper" in result["command"]
+    table = (out / "table.md").read_text()
+    assert table.index("| extra-class |") < table.index("| content |")
+    for png in ("prune.png", "attacks.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # A second run reuses the finished vaults instead of training again.
+    again = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
+    assert again.returncode == 0 and again.stderr.count("reusing") == 2 and "embedding" not in again.stderr
