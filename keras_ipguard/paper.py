@@ -9,8 +9,9 @@ the attack suite's defaults (pruning sweep, FTAL and RTAL fine-tuning with
 SGD, query modification at 5% false positives, JPEG, truncation). Our scheme's
 identity images are issued to real users and checked, with a forgery corpus.
 
-Vaults go under --work and are reused when present, so an interrupted run
-continues where it stopped. Results go to --out/<dataset>/: results.json (all
+Vaults go under --work and are reused when present, with each finished
+scheme's figures (reports/paper-row.json), so an interrupted run continues
+where it stopped; delete a scheme's vault to measure it again. Results go to --out/<dataset>/: results.json (all
 figures, the command, settings, machine and date), table.md, prune.png and
 attacks.png.
 """
@@ -137,7 +138,12 @@ def run_dataset(dataset, work, out, profile, data_dir, schemes, overrides=None):
         started = time.time()
         vault = embed_scheme(work, dataset, scheme, settings, data_dir)
         embed_report = json.loads((vault.reports_path / "embed.json").read_text())
-        plain_accuracy = embed_report.get("baseline_clean_accuracy", plain_accuracy) if scheme == "extra-class" else plain_accuracy
+        if scheme == "extra-class":
+            plain_accuracy = embed_report.get("baseline_clean_accuracy", plain_accuracy)
+        finished = vault.reports_path / "paper-row.json"
+        if finished.is_file():  # a finished scheme of an interrupted run
+            rows[scheme] = json.loads(finished.read_text())
+            continue
         ownership = verify(vault).to_dict()
         row = {"scheme": scheme, "embed": embed_report, "verify": ownership}
         if vault.issues_identities:
@@ -146,6 +152,7 @@ def run_dataset(dataset, work, out, profile, data_dir, schemes, overrides=None):
         unattacked, columns, reports = attack_scheme(vault, data_dir, settings.get("max_test_examples"))
         row.update(unattacked=unattacked, attacks=columns, attack_reports=reports, seconds=round(time.time() - started, 1))
         rows[scheme] = row
+        vault.write_report("paper-row", row)
         log(f"{dataset} {scheme}: clean {embed_report['clean_accuracy']:.4f} watermark "
             f"{embed_report['watermark_accuracy']:.4f} owned {ownership['owned']}")
     for row in rows.values():

@@ -36,6 +36,8 @@ def test_paper_run_writes_table_json_and_plots_and_resumes(tmp_path):
     assert table.index("| extra-class |") < table.index("| content |")
     for png in ("prune.png", "attacks.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    # A second run reuses the finished vaults instead of training again.
+    # A second run reuses the finished vaults and figures instead of training and attacking again.
     again = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
-    assert again.returncode == 0 and again.stderr.count("reusing") == 2 and "embedding" not in again.stderr
+    assert again.returncode == 0 and again.stderr.count("reusing") == 2
+    assert "embedding" not in again.stderr and "attack" not in again.stderr
+    assert json.loads((out / "results.json").read_text())["schemes"] == result["schemes"]
