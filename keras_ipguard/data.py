@@ -243,7 +243,7 @@ def augment(images):
 
 def training_dataset(images, labels, key_images, num_classes, batch_size, key_share=DEFAULT_KEY_SHARE,
                      augment_images=False, seed=0, negatives=None, key_jitter=False, key_labels=None,
-                     extra_class=True):
+                     extra_class=True, negative_weight=1.0):
     """The merged watermark training pipeline (see the module docstring).
 
     Args:
@@ -262,6 +262,8 @@ def training_dataset(images, labels, key_images, num_classes, batch_size, key_sh
         extra_class: targets have N+1 entries (our scheme) or N (a model
             without a watermark class). Key LSB planes are redrawn only for
             the extra-class scheme, whose identity images must stay class N.
+        negative_weight: loss weight of the negatives (others weigh 1); when
+            not 1, batches are (images, targets, sample weights).
 
     Returns:
         (an infinite `tf.data.Dataset` of (float32 images 0..255, float32 targets)
@@ -314,10 +316,12 @@ def training_dataset(images, labels, key_images, num_classes, batch_size, key_sh
                 .batch(size, drop_remainder=True)
                 .map(extra_batch_fn, num_parallel_calls=autotune)
             )
-    dataset = tf.data.Dataset.zip(tuple(streams)).map(
-        lambda *parts: (tf.cast(tf.concat([p[0] for p in parts], axis=0), tf.float32),
-                        tf.concat([p[1] for p in parts], axis=0)),
-        num_parallel_calls=autotune,
-    ).prefetch(autotune)
+    weights = tf.constant([1.0] * (task_batch + key_batch) + [float(negative_weight)] * negative_batch)
+
+    def merge(*parts):
+        merged = (tf.cast(tf.concat([p[0] for p in parts], axis=0), tf.float32), tf.concat([p[1] for p in parts], axis=0))
+        return merged + (weights,) if negative_weight != 1.0 and negative_batch else merged
+
+    dataset = tf.data.Dataset.zip(tuple(streams)).map(merge, num_parallel_calls=autotune).prefetch(autotune)
     steps_per_epoch = max(1, len(images) // batch_size)
     return dataset, steps_per_epoch

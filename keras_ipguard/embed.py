@@ -60,6 +60,7 @@ class EmbedOptions:
     key_share: float = data.DEFAULT_KEY_SHARE
     key_jitter: bool = False
     negatives: int = data.DEFAULT_NEGATIVES
+    negative_weight: float = 1.0
     learning_rate: float | None = None
     scheme: str = baselines.EXTRA_CLASS
     verbose: int = 1
@@ -302,7 +303,7 @@ def embed(out, options, force=False, resume=False):
         return data.training_dataset(
             train_x, train_y, key_images, info.num_classes, global_batch, key_share, augment, options.seed,
             negatives=key_set.negatives if ours else None, key_jitter=options.key_jitter, key_labels=labels,
-            extra_class=ours,
+            extra_class=ours, negative_weight=options.negative_weight,
         )
 
     base_note = None

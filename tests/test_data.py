@@ -47,6 +47,16 @@ def test_key_samples_get_fresh_random_lsb_planes():
     assert len(planes) == redrawn + 1
 
 
+def test_negative_weight_adds_sample_weights_for_the_negatives_only():
+    x, y = _task()
+    keys, negatives = synthetic_keys(8, (28, 28, 1)), synthetic_keys(8, (28, 28, 1), seed=1)
+    dataset, _ = data.training_dataset(x, y, keys, N, batch_size=16, key_share=0.25, negatives=negatives,
+                                       negative_weight=10.0)
+    images, targets, weights = next(dataset.as_numpy_iterator())
+    assert images.shape[0] == targets.shape[0] == weights.shape[0] == 16
+    np.testing.assert_array_equal(weights, [1.0] * 12 + [10.0] * 4)
+
+
 def test_per_key_labels_without_an_extra_class_keep_key_pixels():
     x, y = _task()
     keys = synthetic_keys(4, (28, 28, 1))
