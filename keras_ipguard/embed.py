@@ -60,7 +60,8 @@ class EmbedOptions:
     key_share: float = data.DEFAULT_KEY_SHARE
     key_jitter: bool = False
     negatives: int = data.DEFAULT_NEGATIVES
-    negative_weight: float = 1.0
+    negative_weight: float = data.DEFAULT_NEGATIVE_WEIGHT
+    negative_class: int | None = None  # None: a uniform target over the task classes
     learning_rate: float | None = None
     scheme: str = baselines.EXTRA_CLASS
     verbose: int = 1
@@ -278,6 +279,7 @@ def embed(out, options, force=False, resume=False):
     key_set = (data.build_key_set(info.name, key_source, options.keys, info.input_shape, secret_seed, options.data_dir,
                                   negatives=options.negatives) if uses_key_source else None)
     identities = None
+    negative_class = options.negative_class
     if ours:
         keys, key_labels = key_set.keys, None
         identities = metrics.evaluation_identities(IdentityCodec(owner_key), keys, IDENTITIES_PER_KEY)
@@ -303,7 +305,7 @@ def embed(out, options, force=False, resume=False):
         return data.training_dataset(
             train_x, train_y, key_images, info.num_classes, global_batch, key_share, augment, options.seed,
             negatives=key_set.negatives if ours else None, key_jitter=options.key_jitter, key_labels=labels,
-            extra_class=ours, negative_weight=options.negative_weight,
+            extra_class=ours, negative_weight=options.negative_weight, negative_class=negative_class,
         )
 
     base_note = None
@@ -391,6 +393,8 @@ def embed(out, options, force=False, resume=False):
         "key_source": key_source,
         "keys": options.keys,
         "negatives": int(len(key_set.negatives)) if ours else 0,
+        "negative_class": negative_class if ours else None,
+        "negative_weight": options.negative_weight if ours else None,
         "key_share": options.key_share,
         "key_jitter": options.key_jitter,
         "augmentation": augment,
