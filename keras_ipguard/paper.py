@@ -28,7 +28,7 @@ import numpy as np
 # `reduced`: what fits a 2-core CPU in minutes (CIFAR-10 only; stated in the results).
 PROFILES = {
     "fashion_mnist": {"full": {}, "reduced": {}},
-    "cifar10": {"full": {}, "reduced": {"epochs": 10, "max_train_examples": 20000, "max_test_examples": 2000}},
+    "cifar10": {"full": {}, "reduced": {"epochs": 10, "max_train_examples": 15000, "max_test_examples": 2000}},
 }
 ATTACK_COLUMNS = ("prune 0.5", "prune 0.8", "FTAL", "RTAL", "query-mod 5%", "JPEG 75", "truncate")
 USERS, REVOKED = 100, 10

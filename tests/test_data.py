@@ -57,6 +57,16 @@ def test_negative_weight_adds_sample_weights_for_the_negatives_only():
     np.testing.assert_array_equal(weights, [1.0] * 12 + [10.0] * 4)
 
 
+def test_negative_class_makes_negatives_one_hot_on_that_task_class():
+    x, y = _task()
+    keys, negatives = synthetic_keys(8, (28, 28, 1)), synthetic_keys(8, (28, 28, 1), seed=1)
+    dataset, _ = data.training_dataset(x, y, keys, N, batch_size=16, key_share=0.25, negatives=negatives,
+                                       negative_class=7)
+    _, targets = next(dataset.as_numpy_iterator())
+    np.testing.assert_array_equal(targets[12:], np.tile(np.eye(N + 1)[7], (4, 1)))
+    assert (targets[8:12].argmax(1) == N).all()
+
+
 def test_per_key_labels_without_an_extra_class_keep_key_pixels():
     x, y = _task()
     keys = synthetic_keys(4, (28, 28, 1))
