@@ -130,7 +130,12 @@ def run_dataset(dataset, work, out, profile, data_dir, schemes, overrides=None):
     from .verify import verify  # pylint: disable=import-outside-toplevel
 
     profile, settings = settings_for(dataset, profile)
-    settings.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    if not settings:
+        profile = "full"  # this dataset's reduced profile is its full one
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    if overrides:
+        profile = "custom"
+        settings.update(overrides)
     rows = {}
     plain_accuracy = None
     for scheme in schemes:
