@@ -191,3 +191,27 @@ def test_base_model_with_a_comparison_scheme_is_refused(tmp_path):
     result = CliRunner().invoke(cli, ["embed", "--dataset", "fashion_mnist", "--scheme", "noise", "--base-model",
                                       __file__, "--out", str(tmp_path / "v"), "--data-dir", str(tmp_path)])
     assert result.exit_code == 2 and "extra-class scheme only" in result.output
+
+
+@needs_data
+def test_attacks_on_a_comparison_vault_report_no_identity_figures(tmp_path):
+    from keras_ipguard import attacks
+    from keras_ipguard.models import build_plain_classifier, save_model
+
+    model = build_plain_classifier("small_cnn", SHAPE, 10)
+    keys = synthetic_keys(10, SHAPE)
+    vault = Vault.create(tmp_path / "v", dataset="fashion_mnist", num_classes=10, input_shape=SHAPE, key_images=keys,
+                         extra={"scheme": "noise", "watermark_class": None, "key_labels": [2] * 10},
+                         controls={"other_noise": (synthetic_keys(20, SHAPE, 1), np.full(20, 2))},
+                         populate=lambda tmp: save_model(model, tmp / "model"))
+    threat = attacks.threat_model(vault, SHARED_TFDS, max_test_examples=200)
+    assert threat.identities is None
+    report = attacks.truncate(threat, model).to_dict()
+    row = report["settings"][0]
+    assert row["identity_auth_rate"] is None and report["unattacked"]["identity_auth_rate"] is None
+    assert row["watermark_accuracy"] == report["unattacked"]["watermark_accuracy"]  # nothing to cut
+    assert "no watermark unit" in report["notes"][0]
+    from keras_ipguard import reporting
+
+    assert "| n/a |" in reporting.markdown_table([report])
+    assert reporting.plot_png(report)[:4] == b"\x89PNG"

@@ -24,8 +24,10 @@ def truncate(threat, model):
         setting = measure(threat, cut, {"truncated": True})
         report = verify(threat.vault, KerasSuspect(cut))
         setting.extra.update(verdict=report.verdict, task_agreement=report.task_agreement)
-    return AttackReport("truncate", threat.to_dict(), baseline.to_dict(), [setting], total.seconds, notes=[
-        "the thief serves argmax over the N task outputs only: class N can never be answered, so the watermark "
-        "and identity checks cannot pass; task_agreement says how often its answers on keys and controls match "
-        "the vault model's best task class (descriptive, not a proof)",
-    ])
+    note = ("the thief serves argmax over the N task outputs only: class N can never be answered, so the watermark "
+            "and identity checks cannot pass; task_agreement says how often its answers on keys and controls match "
+            "the vault model's best task class (descriptive, not a proof)")
+    if not threat.vault.issues_identities:
+        note = (f"a {threat.vault.scheme!r} model has N outputs and no watermark unit: truncating to N outputs "
+                "leaves it unchanged")
+    return AttackReport("truncate", threat.to_dict(), baseline.to_dict(), [setting], total.seconds, notes=[note])
