@@ -78,6 +78,8 @@ SUMMARY_METRICS = (
 @click.option("--max-train-examples", type=click.IntRange(min=1), help="Use only the first M training examples.")
 @click.option("--max-test-examples", type=click.IntRange(min=1), help="Use only the first M test examples.")
 @click.option("--key-share", type=click.FloatRange(0, 0.5, min_open=True), default=1 / 16, show_default=True, help="Share of each batch given to key samples.")
+@click.option("--stealthy-keys/--any-keys", default=True, show_default=True,
+              help="Choose keys that an autoencoder of the task's images finds ordinary (they pass query filters), or any seeded keys.")
 @click.option("--key-jitter", is_flag=True, help="Random shifts and noise on half of the key samples (robustness to fine-tuning).")
 @click.option("--learning-rate", type=click.FloatRange(0, min_open=True), help="Initial learning rate [default: by architecture].")
 @click.option("--scheme", type=click.Choice(["extra-class", "content", "noise", "unrelated", "frontier-stitching", "adi"]),

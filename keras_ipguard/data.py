@@ -51,6 +51,8 @@ DEFAULT_NEGATIVE_WEIGHT = 1.0
 # 2,000-image train subset in ../shared with 100 keys.
 DEFAULT_NEGATIVES = 1000
 DEFAULT_CONTROLS = 500
+# Stealthy keys: chosen as the most ordinary of this many candidates per key.
+STEALTH_CANDIDATES = 4
 _LOAD_BATCH = 4096
 # tfds retries a failed download 10 times with exponential backoff (about 3.5
 # minutes offline before any error); 3 retries still ride out a transient fault.
@@ -198,26 +200,41 @@ def check_key_source(task, source, count, reserve=DEFAULT_NEGATIVES + DEFAULT_CO
 
 
 def build_key_set(task, source, count, shape, seed, data_dir=None, negatives=DEFAULT_NEGATIVES,
-                  controls=DEFAULT_CONTROLS):
+                  controls=DEFAULT_CONTROLS, typicality=None, candidates=STEALTH_CANDIDATES):
     """Chooses `count` clean key images, plus negatives and controls, from dataset `source`.
 
     All images are converted to `shape`. `seed` decides the choice, so it must
     be secret (`embed` derives it from the owner key): keys anyone can
-    re-derive are no secret. Raises IPGuardError if `source` is the task's own
-    dataset or has too few images.
+    re-derive are no secret. With `typicality` (a callable scoring uint8
+    images, lower = more ordinary for the task), the keys are the `count`
+    lowest-scoring of `candidates` x `count` seeded candidates: keys a
+    query filter finds ordinary (stealthy). Raises IPGuardError if `source`
+    is the task's own dataset or has too few images.
     """
-    check_key_source(task, source, count, negatives + controls, data_dir)
+    pool = count * candidates if typicality is not None else count
+    check_key_source(task, source, pool, negatives + controls, data_dir)
     images, _ = load_split(source, "train", data_dir)
     order = np.random.default_rng(seed).permutation(len(images))
+    keys = order[:count]
+    if typicality is not None:
+        scores = typicality(convert_images(images[order[:pool]], shape))
+        keys = order[:pool][np.argsort(scores, kind="stable")[:count]]
     groups = {
-        "keys": np.sort(order[:count]),
-        "negatives": np.sort(order[count : count + negatives]),
-        "controls": np.sort(order[count + negatives : count + negatives + controls]),
+        "keys": np.sort(keys),
+        "negatives": np.sort(order[pool : pool + negatives]),
+        "controls": np.sort(order[pool + negatives : pool + negatives + controls]),
     }
     return KeySet(
         **{name: convert_images(images[index], shape) for name, index in groups.items()},
         indices={name: [int(i) for i in index] for name, index in groups.items()},
     )
+
+
+def key_set_from_indices(source, indices, shape, data_dir=None):
+    """Rebuilds a `KeySet` from the source indices it recorded (`KeySet.indices`)."""
+    images, _ = load_split(source, "train", data_dir)
+    return KeySet(**{name: convert_images(images[np.asarray(index, np.int64)], shape) for name, index in indices.items()},
+                  indices=indices)
 
 
 def randomize_lsb(images, fraction=RANDOM_LSB_FRACTION):

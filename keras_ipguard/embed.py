@@ -32,6 +32,9 @@ DEFAULT_BATCH_SIZE = 128  # per replica
 # base model without losing its accuracy.
 DEFAULT_LEARNING_RATE = {"small_cnn": 1e-3, "resnet20": 0.1, "vgg11": 0.05, "base_model": 3e-4}
 IDENTITIES_PER_KEY = 2  # fresh identity images per key for identity_watermark_accuracy
+# Stealthy keys: an autoencoder trained this long on this many of the owner's training images scores candidates.
+STEALTH_AUTOENCODER_EXAMPLES = 5000
+STEALTH_AUTOENCODER_EPOCHS = 5
 # Frontier stitching: after plain training, fine-tune with the keys until every key gets its label
 # (Le Merrer et al.), at most this many epochs, at this fraction of the initial learning rate.
 STITCH_MAX_EPOCHS = 5
@@ -62,6 +65,7 @@ class EmbedOptions:
     negatives: int = data.DEFAULT_NEGATIVES
     negative_weight: float = data.DEFAULT_NEGATIVE_WEIGHT
     negative_class: int | None = None  # None: a uniform target over the task classes
+    stealthy_keys: bool = True
     learning_rate: float | None = None
     scheme: str = baselines.EXTRA_CLASS
     verbose: int = 1
@@ -222,6 +226,27 @@ def _prepare_work_dir(work, options, resume, force):
     return owner_key
 
 
+def _key_set(work, info, key_source, train_x, options, secret_seed):
+    """The run's key set, chosen once and recorded in the work directory so that --resume reuses it."""
+    record = work / "key_set.json"
+    if record.is_file():
+        return data.key_set_from_indices(key_source, json.loads(record.read_text()), info.input_shape, options.data_dir)
+    typicality = None
+    if options.stealthy_keys and options.scheme == baselines.EXTRA_CLASS:
+        from .autoencoder import reconstruction_errors, train_autoencoder  # pylint: disable=import-outside-toplevel
+
+        autoencoder = train_autoencoder(train_x[:STEALTH_AUTOENCODER_EXAMPLES], STEALTH_AUTOENCODER_EPOCHS,
+                                        seed=options.seed)
+
+        def typicality(images):
+            return reconstruction_errors(autoencoder, images)
+
+    key_set = data.build_key_set(info.name, key_source, options.keys, info.input_shape, secret_seed, options.data_dir,
+                                 negatives=options.negatives, typicality=typicality)
+    record.write_text(json.dumps(key_set.indices))
+    return key_set
+
+
 def _fit(model, dataset, steps, epochs, backup_dir, verbose, callbacks=()):
     keras = _keras()
     nan_guard = StopOnNaN()
@@ -267,8 +292,8 @@ def embed(out, options, force=False, resume=False):
     uses_key_source = scheme in (baselines.EXTRA_CLASS, "unrelated")
     key_source = (options.key_source or data.default_key_source(info.name, channels)) if uses_key_source else None
     if uses_key_source:
-        data.check_key_source(info.name, key_source, options.keys, options.negatives + data.DEFAULT_CONTROLS,
-                              options.data_dir)
+        pool = options.keys * (data.STEALTH_CANDIDATES if options.stealthy_keys and ours else 1)
+        data.check_key_source(info.name, key_source, pool, options.negatives + data.DEFAULT_CONTROLS, options.data_dir)
     train_x, train_y = data.load_split(info.name, "train", options.data_dir, options.max_train_examples)
     test_x, test_y = data.load_split(info.name, "test", options.data_dir, options.max_test_examples)
 
@@ -276,8 +301,7 @@ def embed(out, options, force=False, resume=False):
     owner_key = _prepare_work_dir(work, options, resume, force)
     secret_seed = _secret_seed(owner_key)
     # The key choice derives from the owner secret, not --seed: every vault gets its own secret keys.
-    key_set = (data.build_key_set(info.name, key_source, options.keys, info.input_shape, secret_seed, options.data_dir,
-                                  negatives=options.negatives) if uses_key_source else None)
+    key_set = _key_set(work, info, key_source, train_x, options, secret_seed) if uses_key_source else None
     identities = None
     negative_class = options.negative_class
     if ours:
@@ -394,6 +418,9 @@ def embed(out, options, force=False, resume=False):
         "keys": options.keys,
         "negatives": int(len(key_set.negatives)) if ours else 0,
         "negative_class": negative_class if ours else None,
+        "key_selection": ((f"stealthy: the {options.keys} of {options.keys * data.STEALTH_CANDIDATES} seeded candidates "
+                           "an autoencoder trained on the task's images reconstructs best")
+                          if options.stealthy_keys and ours else "seeded uniform choice") if key_set else None,
         "negative_weight": options.negative_weight if ours else None,
         "key_share": options.key_share,
         "key_jitter": options.key_jitter,

@@ -1,10 +1,12 @@
+import os
+
 import numpy as np
 import pytest
 
 from keras_ipguard import IPGuardError
 from keras_ipguard import data
 
-from conftest import synthetic_keys
+from conftest import SHARED_TFDS, synthetic_keys
 
 N = 10
 
@@ -142,3 +144,24 @@ def test_key_jitter_keeps_shape_and_alters_about_half_of_a_batch():
     assert jittered.shape == keys.shape and jittered.dtype == np.uint8
     changed = np.mean([(a != b).any() for a, b in zip(jittered, keys)])
     assert 0.35 < changed < 0.65
+
+
+@pytest.mark.skipif(not os.path.isdir(os.path.join(SHARED_TFDS, "mnist")),
+                    reason="needs the prepared datasets in ../shared/tensorflow_datasets")
+def test_stealthy_keys_are_the_lowest_scoring_candidates_and_rebuild_from_indices(monkeypatch):
+    monkeypatch.setenv("TFDS_DATA_DIR", SHARED_TFDS)
+
+    def brightness(images):
+        return images.reshape(len(images), -1).mean(axis=1)
+
+    plain = data.build_key_set("fashion_mnist", "mnist", 10, (28, 28, 1), seed=5, negatives=20, controls=20)
+    stealthy = data.build_key_set("fashion_mnist", "mnist", 10, (28, 28, 1), seed=5, negatives=20, controls=20,
+                                  typicality=brightness)
+    candidates = data.build_key_set("fashion_mnist", "mnist", 10 * data.STEALTH_CANDIDATES, (28, 28, 1), seed=5,
+                                    negatives=0, controls=0).keys
+    # The 10 darkest of the 40 seeded candidates, and the plain choice is the first 10 of the same candidates.
+    assert sorted(brightness(stealthy.keys)) == sorted(np.sort(brightness(candidates))[:10])
+    assert brightness(stealthy.keys).mean() < brightness(plain.keys).mean()
+    assert not set(stealthy.indices["keys"]) & set(stealthy.indices["negatives"] + stealthy.indices["controls"])
+    rebuilt = data.key_set_from_indices("mnist", stealthy.indices, (28, 28, 1))
+    assert (rebuilt.keys == stealthy.keys).all() and (rebuilt.controls == stealthy.controls).all()

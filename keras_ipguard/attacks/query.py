@@ -8,29 +8,11 @@ as their reconstruction instead.
 
 import numpy as np
 
-from ..backend import keras as _keras
+from ..autoencoder import reconstruction_errors, train_autoencoder
 from .common import AttackReport, Timer, measure
 
 DEFAULT_FALSE_POSITIVE_RATE = 0.05  # the attacks issue's default
 AUTOENCODER_EPOCHS = 10
-
-
-def train_autoencoder(images, epochs=AUTOENCODER_EPOCHS, seed=0):
-    """A small convolutional autoencoder of uint8 images (scaled to [0, 1] inside)."""
-    keras = _keras()
-    keras.utils.set_random_seed(seed)
-    shape = images.shape[1:]
-    inputs = keras.Input(shape)
-    x = keras.layers.Rescaling(1 / 255.0)(inputs)
-    x = keras.layers.Conv2D(32, 3, strides=2, padding="same", activation="relu")(x)
-    x = keras.layers.Conv2D(64, 3, strides=2, padding="same", activation="relu")(x)
-    x = keras.layers.Conv2DTranspose(64, 3, strides=2, padding="same", activation="relu")(x)
-    x = keras.layers.Conv2DTranspose(32, 3, strides=2, padding="same", activation="relu")(x)
-    outputs = keras.layers.Conv2D(shape[-1], 3, padding="same", activation="sigmoid")(x)
-    autoencoder = keras.Model(inputs, outputs)
-    autoencoder.compile("adam", "mse")
-    autoencoder.fit(images.astype(np.float32), images.astype(np.float32) / 255.0, epochs=epochs, batch_size=64, verbose=0)
-    return autoencoder
 
 
 class QueryFilter:
@@ -44,7 +26,7 @@ class QueryFilter:
         return self.autoencoder.predict(images.astype(np.float32), batch_size=256, verbose=0)
 
     def errors(self, images):
-        return np.mean((self.reconstruct(images) - images / 255.0) ** 2, axis=tuple(range(1, images.ndim)))
+        return reconstruction_errors(self.autoencoder, images)
 
     def flagged(self, images):
         return self.errors(images) > self.threshold

@@ -1,0 +1,35 @@
+"""A small convolutional autoencoder of images, and its reconstruction error.
+
+The query-modification attack (`attacks.query`) uses it to flag and clean
+unusual queries; `embed` uses one trained on the owner's data to choose key
+images that such a filter finds ordinary (stealthy keys).
+"""
+
+import numpy as np
+
+from .backend import keras as _keras
+
+
+def train_autoencoder(images, epochs=10, seed=0):
+    """A small convolutional autoencoder of uint8 images (scaled to [0, 1] inside)."""
+    keras = _keras()
+    keras.utils.set_random_seed(seed)
+    shape = images.shape[1:]
+    inputs = keras.Input(shape)
+    x = keras.layers.Rescaling(1 / 255.0)(inputs)
+    x = keras.layers.Conv2D(32, 3, strides=2, padding="same", activation="relu")(x)
+    x = keras.layers.Conv2D(64, 3, strides=2, padding="same", activation="relu")(x)
+    x = keras.layers.Conv2DTranspose(64, 3, strides=2, padding="same", activation="relu")(x)
+    x = keras.layers.Conv2DTranspose(32, 3, strides=2, padding="same", activation="relu")(x)
+    outputs = keras.layers.Conv2D(shape[-1], 3, padding="same", activation="sigmoid")(x)
+    autoencoder = keras.Model(inputs, outputs)
+    autoencoder.compile("adam", "mse")
+    autoencoder.fit(images.astype(np.float32), images.astype(np.float32) / 255.0, epochs=epochs, batch_size=64, verbose=0)
+    return autoencoder
+
+
+def reconstruction_errors(autoencoder, images, batch_size=256):
+    """Mean squared error per image between the uint8 images (scaled to [0, 1]) and their reconstruction."""
+    images = np.asarray(images)
+    reconstruction = autoencoder.predict(images.astype(np.float32), batch_size=batch_size, verbose=0)
+    return np.mean((reconstruction - images / 255.0) ** 2, axis=tuple(range(1, images.ndim)))
