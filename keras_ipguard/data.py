@@ -185,16 +185,18 @@ class KeySet:
     indices: dict
 
 
-def check_key_source(task, source, count, reserve=DEFAULT_NEGATIVES + DEFAULT_CONTROLS, data_dir=None):
-    """Raises IPGuardError unless `source` can give `count` keys plus `reserve` other images for `task`."""
+def check_key_source(task, source, count, reserve=DEFAULT_NEGATIVES + DEFAULT_CONTROLS, data_dir=None, candidates=1):
+    """Raises IPGuardError unless `source` can give `count` keys (each from `candidates` candidates)
+    plus `reserve` other images for `task`."""
     if source == task:
         raise IPGuardError(f"key images must come from another dataset than the task ({task}); pick another --key-source")
     if count < 1:
         raise IPGuardError(f"--keys must be at least 1, got {count}")
     available = dataset_info(source, data_dir).splits.get("train", 0)
-    if count + reserve > available:
+    if count * candidates + reserve > available:
+        chosen = f" (stealthy keys: {count * candidates} candidates; --any-keys needs only {count})" if candidates > 1 else ""
         raise IPGuardError(
-            f"--keys {count} plus {reserve} held-out images is more than the {available} images "
+            f"--keys {count}{chosen} plus {reserve} held-out images is more than the {available} images "
             f"of {source}'s train split; use fewer keys or another --key-source"
         )
 
@@ -211,8 +213,9 @@ def build_key_set(task, source, count, shape, seed, data_dir=None, negatives=DEF
     query filter finds ordinary (stealthy). Raises IPGuardError if `source`
     is the task's own dataset or has too few images.
     """
-    pool = count * candidates if typicality is not None else count
-    check_key_source(task, source, pool, negatives + controls, data_dir)
+    candidates = candidates if typicality is not None else 1
+    pool = count * candidates
+    check_key_source(task, source, count, negatives + controls, data_dir, candidates)
     images, _ = load_split(source, "train", data_dir)
     order = np.random.default_rng(seed).permutation(len(images))
     keys = order[:count]

@@ -292,8 +292,8 @@ def embed(out, options, force=False, resume=False):
     uses_key_source = scheme in (baselines.EXTRA_CLASS, "unrelated")
     key_source = (options.key_source or data.default_key_source(info.name, channels)) if uses_key_source else None
     if uses_key_source:
-        pool = options.keys * (data.STEALTH_CANDIDATES if options.stealthy_keys and ours else 1)
-        data.check_key_source(info.name, key_source, pool, options.negatives + data.DEFAULT_CONTROLS, options.data_dir)
+        data.check_key_source(info.name, key_source, options.keys, options.negatives + data.DEFAULT_CONTROLS,
+                              options.data_dir, data.STEALTH_CANDIDATES if options.stealthy_keys and ours else 1)
     train_x, train_y = data.load_split(info.name, "train", options.data_dir, options.max_train_examples)
     test_x, test_y = data.load_split(info.name, "test", options.data_dir, options.max_test_examples)
 
@@ -303,7 +303,6 @@ def embed(out, options, force=False, resume=False):
     # The key choice derives from the owner secret, not --seed: every vault gets its own secret keys.
     key_set = _key_set(work, info, key_source, train_x, options, secret_seed) if uses_key_source else None
     identities = None
-    negative_class = options.negative_class
     if ours:
         keys, key_labels = key_set.keys, None
         identities = metrics.evaluation_identities(IdentityCodec(owner_key), keys, IDENTITIES_PER_KEY)
@@ -329,7 +328,7 @@ def embed(out, options, force=False, resume=False):
         return data.training_dataset(
             train_x, train_y, key_images, info.num_classes, global_batch, key_share, augment, options.seed,
             negatives=key_set.negatives if ours else None, key_jitter=options.key_jitter, key_labels=labels,
-            extra_class=ours, negative_weight=options.negative_weight, negative_class=negative_class,
+            extra_class=ours, negative_weight=options.negative_weight, negative_class=options.negative_class,
         )
 
     base_note = None
@@ -417,7 +416,7 @@ def embed(out, options, force=False, resume=False):
         "key_source": key_source,
         "keys": options.keys,
         "negatives": int(len(key_set.negatives)) if ours else 0,
-        "negative_class": negative_class if ours else None,
+        "negative_class": options.negative_class if ours else None,
         "key_selection": ((f"stealthy: the {options.keys} of {options.keys * data.STEALTH_CANDIDATES} seeded candidates "
                            "an autoencoder trained on the task's images reconstructs best")
                           if options.stealthy_keys and ours else "seeded uniform choice") if key_set else None,

@@ -74,7 +74,6 @@ def forgery_corpus(vault, genuine, revoked, clean, rng, counts):
 
     keys = vault.key_images
     codec = vault.codec()
-    makers = {}
 
     def random_lsb(n):
         picks = keys[rng.integers(0, len(keys), n)]
