@@ -81,9 +81,6 @@ SUMMARY_METRICS = (
 @click.option("--stealthy-keys/--any-keys", default=True, show_default=True,
               help="Choose keys that an autoencoder of the task's images finds ordinary (they pass query filters), or any seeded keys.")
 @click.option("--key-jitter", is_flag=True, help="Random shifts and noise on half of the key samples (robustness to fine-tuning).")
-@click.option("--weight-noise", type=click.FloatRange(0, 1), default=0.0, show_default=True,
-              help="Train the watermark under random weight perturbations of this size (relative to each kernel's RMS): "
-                   "keys then survive fine-tuning with Adam. 0 turns it off.")
 @click.option("--learning-rate", type=click.FloatRange(0, min_open=True), help="Initial learning rate [default: by architecture].")
 @click.option("--scheme", type=click.Choice(["extra-class", "content", "noise", "unrelated", "frontier-stitching", "adi"]),
               default="extra-class", show_default=True,

@@ -26,9 +26,6 @@ from .vault import OWNER_KEY_BYTES, OWNER_KEY_FILE, Vault
 # Epochs when --epochs is not given: enough for the architecture to converge.
 DEFAULT_EPOCHS = {"small_cnn": 15, "resnet20": 60, "vgg11": 60, "base_model": 2}
 DEFAULT_KEYS = 100  # the paper's key-set size
-# Relative sigma of the random weight perturbation the extra-class scheme trains under
-# (`WatermarkedClassifier.train_step`); measured in docs/results/README.md.
-DEFAULT_WEIGHT_NOISE = 0.0
 DEFAULT_BATCH_SIZE = 128  # per replica
 # Optimisers: Adam for the small CNN, SGD with momentum for the deep CIFAR nets
 # (the ResNet paper's 0.1), both with cosine decay; a gentle Adam to fine-tune a
@@ -69,7 +66,6 @@ class EmbedOptions:
     negative_weight: float = data.DEFAULT_NEGATIVE_WEIGHT
     negative_class: int | None = None  # None: a uniform target over the task classes
     stealthy_keys: bool = True
-    weight_noise: float = DEFAULT_WEIGHT_NOISE
     learning_rate: float | None = None
     scheme: str = baselines.EXTRA_CLASS
     verbose: int = 1
@@ -344,8 +340,6 @@ def embed(out, options, force=False, resume=False):
         else:
             arch = auto_architecture(info.input_shape) if options.arch == "auto" else options.arch
             model = build(arch)
-    if ours:
-        model.weight_noise = float(options.weight_noise)
     epochs = options.epochs or DEFAULT_EPOCHS[arch]
     learning_rate = options.learning_rate or DEFAULT_LEARNING_RATE[arch]
 
@@ -429,7 +423,6 @@ def embed(out, options, force=False, resume=False):
         "negative_weight": options.negative_weight if ours else None,
         "key_share": options.key_share,
         "key_jitter": options.key_jitter,
-        "weight_noise": options.weight_noise if ours else None,
         "augmentation": augment,
         "seed": options.seed,
         "base_model": options.base_model,

@@ -7,7 +7,6 @@ the same model serves uint8 images unchanged.
 import numpy as np
 
 from .backend import keras as _keras
-from .backend import tensorflow as _tf
 from .errors import IPGuardError
 
 keras = _keras()
@@ -124,7 +123,6 @@ class WatermarkedClassifier(keras.Model):
         self.head = head or keras.layers.Dense(self.num_classes + 1, activation="softmax", name="head")
         if self.head.units != self.num_classes + 1:
             raise IPGuardError(f"head must have {self.num_classes + 1} units, got {self.head.units}")
-        self.weight_noise = 0.0  # training only (see train_step); not part of the saved config
         self.build((None,) + tuple(backbone.input_shape[1:]))
 
     @property
@@ -142,32 +140,6 @@ class WatermarkedClassifier(keras.Model):
 
     def call(self, inputs, training=None):
         return self.head(self.backbone(inputs, training=training))
-
-    def train_step(self, data):
-        """Keras' step; with `weight_noise` > 0, gradients are taken at randomly perturbed weights.
-
-        Each kernel gets Gaussian noise of `weight_noise` times its RMS for the
-        forward and backward pass, and the update applies to the unperturbed
-        weights (random weight perturbation, as in Bansal et al.'s certified
-        watermarks): the keys are learnt so that they survive a random move of
-        the weights, which is what fine-tuning with an adaptive optimizer does
-        to the weights that the task barely uses.
-        """
-        if not self.weight_noise:
-            return super().train_step(data)
-        tf = _tf()
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        kernels = [v for v in self.trainable_variables if len(v.shape) > 1]
-        saved = [tf.identity(v) for v in kernels]
-        _assign(kernels, [w + tf.random.normal(tf.shape(w), dtype=w.dtype) * self.weight_noise
-                          * tf.sqrt(tf.reduce_mean(tf.square(w))) for w in saved])
-        with tf.GradientTape() as tape:
-            y_pred = self(x, training=True)
-            loss = self.compute_loss(x, y, y_pred, sample_weight)
-        gradients = tape.gradient(loss, self.trainable_variables)
-        _assign(kernels, saved)  # exactly the unperturbed weights again
-        self.optimizer.apply_gradients(zip(gradients, self.trainable_variables))
-        return self.compute_metrics(x, y, y_pred, sample_weight)
 
     def task_probabilities(self, inputs):
         """The N task-class probabilities with the watermark class removed and renormalised."""
@@ -209,16 +181,6 @@ class WatermarkedClassifier(keras.Model):
         column = np.random.default_rng(seed).normal(0, kernel.std(), (kernel.shape[0], 1)).astype(kernel.dtype)
         head.set_weights([np.concatenate([kernel, column], axis=1), np.append(bias, bias.min()).astype(kernel.dtype)])
         return cls(backbone=backbone, num_classes=num_classes, head=head, name="watermarked_classifier")
-
-
-def _assign(variables, values):
-    """Assigns per-replica values to variables from replica context (as optimizers update under any strategy)."""
-
-    def update(strategy, values):
-        for variable, value in zip(variables, values):
-            strategy.extended.update(variable, lambda v, w: v.assign(w), args=(value,), group=False)
-
-    _tf().distribute.get_replica_context().merge_call(update, args=(values,))
 
 
 def predict_classes(model, images, batch_size=512):
