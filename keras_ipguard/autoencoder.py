@@ -28,8 +28,17 @@ def train_autoencoder(images, epochs=10, seed=0):
     return autoencoder
 
 
-def reconstruction_errors(autoencoder, images, batch_size=256):
-    """Mean squared error per image between the uint8 images (scaled to [0, 1]) and their reconstruction."""
+def reconstruct(autoencoder, images, batch_size=256):
+    """The autoencoder's reconstruction of uint8 images, as floats in [0, 1]."""
+    return autoencoder.predict(np.asarray(images).astype(np.float32), batch_size=batch_size, verbose=0)
+
+
+def reconstruction_errors(autoencoder, images, reconstruction=None):
+    """Mean squared error per image between the uint8 images (scaled to [0, 1]) and their reconstruction.
+
+    Pass `reconstruction` when it is already at hand, to skip predicting it again.
+    """
     images = np.asarray(images)
-    reconstruction = autoencoder.predict(images.astype(np.float32), batch_size=batch_size, verbose=0)
+    if reconstruction is None:
+        reconstruction = reconstruct(autoencoder, images)
     return np.mean((reconstruction - images / 255.0) ** 2, axis=tuple(range(1, images.ndim)))

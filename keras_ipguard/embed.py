@@ -226,13 +226,13 @@ def _prepare_work_dir(work, options, resume, force):
     return owner_key
 
 
-def _key_set(work, info, key_source, train_x, options, secret_seed):
+def _key_set(work, info, key_source, train_x, options, secret_seed, stealthy):
     """The run's key set, chosen once and recorded in the work directory so that --resume reuses it."""
     record = work / "key_set.json"
     if record.is_file():
         return data.key_set_from_indices(key_source, json.loads(record.read_text()), info.input_shape, options.data_dir)
     typicality = None
-    if options.stealthy_keys and options.scheme == baselines.EXTRA_CLASS:
+    if stealthy:
         from .autoencoder import reconstruction_errors, train_autoencoder  # pylint: disable=import-outside-toplevel
 
         autoencoder = train_autoencoder(train_x[:STEALTH_AUTOENCODER_EXAMPLES], STEALTH_AUTOENCODER_EPOCHS,
@@ -285,6 +285,7 @@ def embed(out, options, force=False, resume=False):
         raise IPGuardError(f"{out} exists and is not a directory")
     scheme = baselines.check_scheme(options.scheme)
     ours = scheme == baselines.EXTRA_CLASS
+    stealthy = options.stealthy_keys and ours  # only our keys are chosen by typicality
     if options.base_model and not ours:
         raise IPGuardError(f"--base-model protects with the extra-class scheme only, not {scheme!r}; drop --scheme")
     info = data.dataset_info(options.dataset, options.data_dir)
@@ -293,7 +294,7 @@ def embed(out, options, force=False, resume=False):
     key_source = (options.key_source or data.default_key_source(info.name, channels)) if uses_key_source else None
     if uses_key_source:
         data.check_key_source(info.name, key_source, options.keys, options.negatives + data.DEFAULT_CONTROLS,
-                              options.data_dir, data.STEALTH_CANDIDATES if options.stealthy_keys and ours else 1)
+                              options.data_dir, data.STEALTH_CANDIDATES if stealthy else 1)
     train_x, train_y = data.load_split(info.name, "train", options.data_dir, options.max_train_examples)
     test_x, test_y = data.load_split(info.name, "test", options.data_dir, options.max_test_examples)
 
@@ -301,7 +302,7 @@ def embed(out, options, force=False, resume=False):
     owner_key = _prepare_work_dir(work, options, resume, force)
     secret_seed = _secret_seed(owner_key)
     # The key choice derives from the owner secret, not --seed: every vault gets its own secret keys.
-    key_set = _key_set(work, info, key_source, train_x, options, secret_seed) if uses_key_source else None
+    key_set = _key_set(work, info, key_source, train_x, options, secret_seed, stealthy) if uses_key_source else None
     identities = None
     if ours:
         keys, key_labels = key_set.keys, None
@@ -395,6 +396,10 @@ def embed(out, options, force=False, resume=False):
         figures["fidelity_drop"] = round(100 * (baseline_accuracy - figures["clean_accuracy"]), 4)
         figures["fidelity_drop_unit"] = "percentage points"
 
+    key_selection = None
+    if key_set:
+        key_selection = (f"stealthy: the {options.keys} of {options.keys * data.STEALTH_CANDIDATES} seeded candidates "
+                         "an autoencoder trained on the task's images reconstructs best") if stealthy else "seeded uniform choice"
     examples = steps * epochs * global_batch
     report = {
         **figures,
@@ -417,9 +422,7 @@ def embed(out, options, force=False, resume=False):
         "keys": options.keys,
         "negatives": int(len(key_set.negatives)) if ours else 0,
         "negative_class": options.negative_class if ours else None,
-        "key_selection": ((f"stealthy: the {options.keys} of {options.keys * data.STEALTH_CANDIDATES} seeded candidates "
-                           "an autoencoder trained on the task's images reconstructs best")
-                          if options.stealthy_keys and ours else "seeded uniform choice") if key_set else None,
+        "key_selection": key_selection,
         "negative_weight": options.negative_weight if ours else None,
         "key_share": options.key_share,
         "key_jitter": options.key_jitter,

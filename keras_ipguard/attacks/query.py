@@ -8,7 +8,7 @@ as their reconstruction instead.
 
 import numpy as np
 
-from ..autoencoder import reconstruction_errors, train_autoencoder
+from ..autoencoder import reconstruct, reconstruction_errors, train_autoencoder
 from .common import AttackReport, Timer, measure
 
 DEFAULT_FALSE_POSITIVE_RATE = 0.05  # the attacks issue's default
@@ -22,9 +22,6 @@ class QueryFilter:
         self.autoencoder = autoencoder
         self.threshold = float(np.percentile(self.errors(clean_images), 100 * (1 - false_positive_rate)))
 
-    def reconstruct(self, images):
-        return self.autoencoder.predict(images.astype(np.float32), batch_size=256, verbose=0)
-
     def errors(self, images):
         return reconstruction_errors(self.autoencoder, images)
 
@@ -32,9 +29,10 @@ class QueryFilter:
         return self.errors(images) > self.threshold
 
     def __call__(self, images):
-        reconstruction = np.clip(np.round(self.reconstruct(images) * 255), 0, 255).astype(np.uint8)
-        flags = self.errors(images) > self.threshold
-        return np.where(flags.reshape((-1,) + (1,) * (images.ndim - 1)), reconstruction, images)
+        reconstruction = reconstruct(self.autoencoder, images)  # once: both the flags and the replacement
+        flags = reconstruction_errors(self.autoencoder, images, reconstruction) > self.threshold
+        replacement = np.clip(np.round(reconstruction * 255), 0, 255).astype(np.uint8)
+        return np.where(flags.reshape((-1,) + (1,) * (images.ndim - 1)), replacement, images)
 
 
 def query_modification(threat, model, false_positive_rates=(DEFAULT_FALSE_POSITIVE_RATE,), epochs=AUTOENCODER_EPOCHS):
