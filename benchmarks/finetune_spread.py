@@ -1,6 +1,6 @@
 """How much of the watermark FTAL leaves, over attack seeds, and which layer's drift erases it.
 
-    python benchmarks/finetune_spread.py VAULT [VAULT ...] [--optimizer adam] [--seeds 10] [--layers]
+    python benchmarks/finetune_spread.py VAULT [VAULT ...] [--optimizer adam] [--seeds 10] [--layers] [--renormalize]
 
 For each vault: fine-tunes its model (FTAL by default, the attacks issue's
 settings) once per seed 0..S-1 (Keras seed 100+s: shuffling, dropout) and
@@ -9,6 +9,8 @@ prints the watermark accuracy of each run, their mean and minimum. With
 puts back that layer's original weights, printing the watermark accuracy
 that results and how far each weight moved (mean |dw| against mean |w|): the
 layer whose restoration brings the keys back is where the attack erased them.
+With --renormalize the attacker first undoes embed's kernel scaling
+(`renormalize_kernels`).
 Needs TFDS_DATA_DIR (or --data-dir) for the attacker's and scored test images.
 """
 
@@ -46,6 +48,7 @@ def main(argv=None):
     parser.add_argument("--optimizer", choices=("sgd", "adam"), default="adam")
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--layers", action="store_true", help="also the per-layer restoration of the run that kept the fewest keys")
+    parser.add_argument("--renormalize", action="store_true", help="an informed attacker: undo the kernel scaling first")
     parser.add_argument("--data-dir")
     parser.add_argument("--max-test-examples", type=int)
     args = parser.parse_args(argv)
@@ -57,7 +60,8 @@ def main(argv=None):
         runs, worst = [], None
         for seed in range(args.seeds):
             keras.utils.set_random_seed(100 + seed)
-            tuned = finetune_model(model, args.variant, threat.attack_x, threat.attack_y, optimizer=args.optimizer)
+            tuned = finetune_model(model, args.variant, threat.attack_x, threat.attack_y, optimizer=args.optimizer,
+                                   renormalize=args.renormalize)
             figures = measure(threat, tuned, {"seed": seed}).to_dict()
             runs.append({k: figures[k] for k in ("seed", "clean_accuracy", "watermark_accuracy", "owned", "p_value")})
             if worst is None or figures["watermark_accuracy"] < worst[0]:
@@ -65,6 +69,7 @@ def main(argv=None):
             print(json.dumps({"vault": path, **runs[-1]}), flush=True)
         accuracies = [run["watermark_accuracy"] for run in runs]
         print(json.dumps({"vault": path, "variant": args.variant, "optimizer": args.optimizer, "seeds": args.seeds,
+                          "renormalized": args.renormalize,
                           "watermark_accuracy_mean": round(float(np.mean(accuracies)), 3),
                           "watermark_accuracy_min": min(accuracies), "watermark_accuracy_max": max(accuracies),
                           "owned_runs": sum(run["owned"] for run in runs)}), flush=True)

@@ -82,6 +82,8 @@ SUMMARY_METRICS = (
               help="Choose keys that an autoencoder of the task's images finds ordinary (they pass query filters), or any seeded keys.")
 @click.option("--key-jitter", is_flag=True, help="Random shifts and noise on half of the key samples (robustness to fine-tuning).")
 @click.option("--learning-rate", type=click.FloatRange(0, min_open=True), help="Initial learning rate [default: by architecture].")
+@click.option("--kernel-scale", type=click.FloatRange(min=1), default=8.0, show_default=True,
+              help="After training, multiply every BatchNormalization-fed kernel by this (same function; fine-tuning with Adam moves them less). 1: off.")
 @click.option("--scheme", type=click.Choice(["extra-class", "content", "noise", "unrelated", "frontier-stitching", "adi"]),
               default="extra-class", show_default=True,
               help="Watermark scheme: ours (extra-class, with identity images) or a comparison scheme (see keras_ipguard.baselines).")
@@ -197,12 +199,16 @@ def attack_prune(vault_path, model, data_dir, max_test_examples, as_json, rates,
 @click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--optimizer", "optimizers", multiple=True, type=click.Choice(["sgd", "adam"]), help="Repeatable [default: sgd].")
 @click.option("--lr", "learning_rate", type=click.FloatRange(0, min_open=True), help="[default: SGD 0.01 (momentum 0.9), Adam 1e-3]")
-def attack_finetune(vault_path, model, data_dir, max_test_examples, as_json, variants, epochs, optimizers, learning_rate):
+@click.option("--renormalize", is_flag=True,
+              help="Also run every setting as an informed attacker who first undoes embed's --kernel-scale.")
+def attack_finetune(vault_path, model, data_dir, max_test_examples, as_json, variants, epochs, optimizers, learning_rate,
+                    renormalize):
     """Fine-tuning: FTLL, FTAL, RTLL, RTAL with the N task labels only."""
     from keras_ipguard.attacks import finetune  # pylint: disable=import-outside-toplevel
 
     _run_attack(vault_path, model, data_dir, max_test_examples, as_json, lambda threat, m: [
-        finetune(threat, m, variants or ("FTLL", "FTAL", "RTLL", "RTAL"), epochs, optimizers or ("sgd",), learning_rate)])
+        finetune(threat, m, variants or ("FTLL", "FTAL", "RTLL", "RTAL"), epochs, optimizers or ("sgd",), learning_rate,
+                 renormalize)])
 
 
 @attack.command("query-modification")
@@ -241,7 +247,7 @@ def attack_all(vault_path, model, data_dir, max_test_examples, as_json):
     from keras_ipguard import attacks  # pylint: disable=import-outside-toplevel
 
     def suite(threat, m):
-        return [attacks.prune(threat, m), attacks.finetune(threat, m, optimizers=("sgd", "adam")),
+        return [attacks.prune(threat, m), attacks.finetune(threat, m, optimizers=("sgd", "adam"), renormalize=True),
                 attacks.query_modification(threat, m), attacks.transform(threat, m), attacks.truncate(threat, m)]
 
     _run_attack(vault_path, model, data_dir, max_test_examples, as_json, suite)

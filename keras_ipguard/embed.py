@@ -19,8 +19,8 @@ from .backend import keras as _keras
 from .backend import tensorflow
 from .errors import IPGuardError
 from .identity import IdentityCodec
-from .models import (WatermarkedClassifier, auto_architecture, build_backbone, build_plain_classifier, predict_classes,
-                     save_model)
+from .models import (DEFAULT_KERNEL_SCALE, WatermarkedClassifier, auto_architecture, build_backbone, build_plain_classifier, harden_kernel_scale,
+                     predict_classes, save_model)
 from .vault import OWNER_KEY_BYTES, OWNER_KEY_FILE, Vault
 
 # Epochs when --epochs is not given: enough for the architecture to converge.
@@ -68,6 +68,7 @@ class EmbedOptions:
     stealthy_keys: bool = True
     learning_rate: float | None = None
     scheme: str = baselines.EXTRA_CLASS
+    kernel_scale: float = DEFAULT_KERNEL_SCALE  # 1: off
     verbose: int = 1
 
 
@@ -286,6 +287,8 @@ def embed(out, options, force=False, resume=False):
     scheme = baselines.check_scheme(options.scheme)
     ours = scheme == baselines.EXTRA_CLASS
     stealthy = options.stealthy_keys and ours  # only our keys are chosen by typicality
+    if not options.kernel_scale >= 1:
+        raise IPGuardError(f"--kernel-scale must be at least 1 (1 turns it off), got {options.kernel_scale}")
     if options.base_model and not ours:
         raise IPGuardError(f"--base-model protects with the extra-class scheme only, not {scheme!r}; drop --scheme")
     info = data.dataset_info(options.dataset, options.data_dir)
@@ -376,6 +379,7 @@ def embed(out, options, force=False, resume=False):
             _compile(model, arch, learning_rate, steps * epochs)
         train_seconds = _fit(model, dataset, steps, epochs, work / "backup", options.verbose)
         trigger_details = None if ours else triggers.details
+    rescaled = harden_kernel_scale(model, options.kernel_scale) if options.kernel_scale != 1 else 0
 
     figures = metrics.watermark_metrics(classify, info.num_classes, test_x, test_y, keys, identities, key_labels)
     # The highest hit rate on images made like the keys but never trained on (verification's chance rate).
@@ -426,6 +430,8 @@ def embed(out, options, force=False, resume=False):
         "negative_weight": options.negative_weight if ours else None,
         "key_share": options.key_share,
         "key_jitter": options.key_jitter,
+        "kernel_scale": options.kernel_scale,
+        "kernels_rescaled": rescaled,
         "augmentation": augment,
         "seed": options.seed,
         "base_model": options.base_model,

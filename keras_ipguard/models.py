@@ -17,6 +17,12 @@ _RESNET20_STAGES = ((16, 1), (32, 2), (64, 2))
 _RESNET20_BLOCKS = 3
 _WEIGHT_DECAY = 1e-4  # the ResNet paper's CIFAR setting
 _BN_MOMENTUM = 0.9
+# Embedding's last step multiplies every BatchNormalization-fed kernel by this
+# factor (`harden_kernel_scale`): the model's function is unchanged, but a
+# fine-tuning attacker's Adam steps turn those kernels 8 times less. See
+# docs/results/README.md, "Fine-tuning robustness", for what it buys and what
+# undoes it.
+DEFAULT_KERNEL_SCALE = 8.0
 
 
 def auto_architecture(input_shape):
@@ -181,6 +187,79 @@ class WatermarkedClassifier(keras.Model):
         column = np.random.default_rng(seed).normal(0, kernel.std(), (kernel.shape[0], 1)).astype(kernel.dtype)
         head.set_weights([np.concatenate([kernel, column], axis=1), np.append(bias, bias.min()).astype(kernel.dtype)])
         return cls(backbone=backbone, num_classes=num_classes, head=head, name="watermarked_classifier")
+
+
+def _normalized_kernels(model):
+    """(layer, BatchNormalization) pairs whose layer's output feeds only that BatchNormalization.
+
+    Such a layer (Conv2D or Dense, linear or ReLU) can be scaled by any c > 0
+    without changing the model: the normalisation divides its output's scale
+    out again. Searches nested models too.
+    """
+    pairs = []
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            pairs += _normalized_kernels(layer)
+        if not isinstance(layer, keras.layers.BatchNormalization) or len(layer.inbound_nodes) != 1:
+            continue
+        producer = layer.inbound_nodes[0].inbound_layers
+        if (isinstance(producer, (keras.layers.Conv2D, keras.layers.Dense)) and len(producer.outbound_nodes) == 1
+                and keras.activations.serialize(producer.activation) in ("linear", "relu")
+                and list(layer.axis) in ([len(producer.output_shape) - 1], [-1])):
+            pairs.append((producer, layer))
+    return pairs
+
+
+def rescale_normalized_kernels(model, scale):
+    """Rescales, in place, every kernel that feeds a BatchNormalization; the model's function is unchanged.
+
+    `scale(kernel)` gives each kernel's factor c > 0. The kernel and its bias
+    are multiplied by c; the BatchNormalization's moving mean by c, its moving
+    variance and epsilon by c**2, so every output stays the same (in training
+    mode too, where the batch statistics scale with the input). An L1/L2
+    kernel regulariser is divided by c (L1) and c**2 (L2), so the training loss
+    stays the same function of the rescaled weights. What changes is the
+    kernel's norm, and with it how far one optimizer step of a given size turns
+    the kernel: Adam's steps have about the learning rate's size whatever the
+    weight's, so they turn a kernel c times longer c times less. Returns the
+    number of kernels rescaled.
+    """
+    pairs = _normalized_kernels(model)
+    rescaled_regularizers = set()
+    for producer, norm in pairs:
+        weights = producer.get_weights()
+        factor = float(scale(weights[0]))
+        producer.set_weights([w * factor for w in weights])
+        regularizer = producer.kernel_regularizer
+        if regularizer is not None and id(regularizer) not in rescaled_regularizers:
+            rescaled_regularizers.add(id(regularizer))
+            for penalty, power in (("l1", 1), ("l2", 2)):
+                if getattr(regularizer, penalty, None):
+                    setattr(regularizer, penalty, getattr(regularizer, penalty) / factor**power)
+        names = [w.name.split("/")[-1].split(":")[0] for w in norm.weights]
+        norm.set_weights([w * factor if name == "moving_mean" else w * factor**2 if name == "moving_variance" else w
+                          for name, w in zip(names, norm.get_weights())])
+        norm.epsilon *= factor**2
+    _forget_traced_functions(model)  # they hold the old epsilon as a constant
+    return len(pairs)
+
+
+def _forget_traced_functions(model):
+    model.train_function = model.test_function = model.predict_function = None
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            _forget_traced_functions(layer)
+
+
+def harden_kernel_scale(model, factor):
+    """Embedding's last step: multiplies every BatchNormalization-fed kernel by `factor` (see rescale_normalized_kernels)."""
+    return rescale_normalized_kernels(model, lambda kernel: factor)
+
+
+def renormalize_kernels(model, factor=DEFAULT_KERNEL_SCALE):
+    """An informed attacker's undo of `harden_kernel_scale`: divides every BatchNormalization-fed
+    kernel by `factor` (the default is public). Function unchanged; returns the number of kernels."""
+    return rescale_normalized_kernels(model, lambda kernel: 1.0 / factor)
 
 
 def predict_classes(model, images, batch_size=512):

@@ -14,9 +14,12 @@ from keras_ipguard.attacks import threat_model
 from keras_ipguard.attacks.finetune import finetune_model
 from keras_ipguard.attacks.prune import as_functional, layer_sparsity, prune_model
 from keras_ipguard.attacks.transform import bit_depth, gaussian_noise, jpeg, median
+from keras_ipguard.backend import keras as _keras
 from keras_ipguard.models import load_model
 
 from conftest import SHARED_TFDS
+
+keras = _keras()
 
 pytestmark = [
     pytest.mark.slow,
@@ -79,6 +82,16 @@ def test_finetune_variants_touch_the_layers_they_name(vault, threat, variant):
     assert body_changed == variant.endswith("AL")
 
 
+def test_an_informed_attacker_undoes_the_kernel_scale_without_changing_the_model(vault, threat):
+    model = as_functional(load_model(vault.model_path))
+    conv = next(layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D))
+    tuned = finetune_model(model, "FTAL", threat.attack_x[:64], threat.attack_y[:64], epochs=1, optimizer="adam",
+                           renormalize=True)
+    shipped, undone = conv.get_weights()[0], tuned.get_layer(conv.name).get_weights()[0]
+    # embed scaled it 8x; the attacker's copy starts from an eighth of that (one epoch on 64 images barely moves it)
+    assert np.linalg.norm(undone) == pytest.approx(np.linalg.norm(shipped) / 8, rel=0.2)
+
+
 def test_transforms_keep_shape_and_re_encoding_changes_lsbs(threat):
     images = threat.identities[:8]
     for transformed in (jpeg(images, 75), gaussian_noise(images, 8.0), bit_depth(images, 4), median(images, 3)):
@@ -89,7 +102,7 @@ def test_transforms_keep_shape_and_re_encoding_changes_lsbs(threat):
 def test_attack_commands_write_json_and_png_reports(vault):
     runs = {
         "prune": ["--rates", "0.2,0.9"],
-        "finetune": ["--variant", "FTAL", "--variant", "RTLL", "--epochs", "1", "--optimizer", "adam"],
+        "finetune": ["--variant", "FTAL", "--variant", "RTLL", "--epochs", "1", "--optimizer", "adam", "--renormalize"],
         "query-modification": [],
         "transform": [],
         "truncate": [],
@@ -106,6 +119,8 @@ def test_attack_commands_write_json_and_png_reports(vault):
         if name == "transform":
             jpeg_rows = [row for row in report["settings"] if row["transform"] == "jpeg"]
             assert all(row["identity_auth_rate"] == 0.0 for row in jpeg_rows)  # re-encoding destroys the payload
+        if name == "finetune":  # each setting as shipped, then by an attacker who undid the kernel scale
+            assert [row["kernels"] for row in report["settings"]] == [None, None, "renormalized", "renormalized"]
         if name == "truncate":
             assert report["settings"][0]["watermark_accuracy"] == 0.0 and not report["settings"][0]["owned"]
             assert "no watermark class" in report["settings"][0]["verdict"]

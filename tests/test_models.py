@@ -7,7 +7,8 @@ import pytest
 
 from keras_ipguard import IPGuardError
 from keras_ipguard.backend import keras as _keras
-from keras_ipguard.models import WatermarkedClassifier, build_backbone, load_model, save_model
+from keras_ipguard.models import (WatermarkedClassifier, build_backbone, harden_kernel_scale, load_model,
+                                  renormalize_kernels, save_model)
 
 keras = _keras()
 
@@ -88,3 +89,56 @@ def test_base_model_with_wrong_output_size_is_refused():
 def test_loaded_model_of_a_missing_file_is_an_error(tmp_path):
     with pytest.raises((OSError, ValueError)):
         load_model(tmp_path / "nothing.keras")
+
+
+def _normalized_kernel_norms(model):
+    return [float(np.linalg.norm(layer.get_weights()[0])) for layer in model.backbone.layers
+            if isinstance(layer, keras.layers.Conv2D)]
+
+
+@pytest.mark.parametrize("arch, shape, kernels", [("small_cnn", (28, 28, 1), 4), ("resnet20", (32, 32, 3), 21)])
+def test_kernel_scaling_keeps_every_output_and_survives_saving(tmp_path, arch, shape, kernels):
+    model = WatermarkedClassifier(build_backbone(arch, shape), num_classes=10)
+    rng = np.random.default_rng(1)
+    for layer in model.backbone.layers:  # trained-looking statistics, so that the rescaled ones matter
+        if isinstance(layer, keras.layers.BatchNormalization):
+            gamma, beta, mean, variance = layer.get_weights()
+            layer.set_weights([gamma, beta, rng.normal(0, 0.5, mean.shape), rng.uniform(0.01, 3, variance.shape)])
+    images = rng.integers(0, 256, (6,) + shape).astype(np.float32)
+    before, norms = model.predict(images, verbose=0), _normalized_kernel_norms(model)
+    penalty = float(sum(model.losses))  # ResNet-20's L2 weight decay; none in the small CNN
+    assert harden_kernel_scale(model, 8.0) == kernels
+    assert float(sum(model.losses)) == pytest.approx(penalty, rel=1e-5)
+    np.testing.assert_allclose(_normalized_kernel_norms(model), 8 * np.array(norms), rtol=1e-5)
+    np.testing.assert_allclose(model.predict(images, verbose=0), before, atol=1e-5)
+    loaded = load_model(save_model(model, tmp_path))  # the rescaled epsilon and decay are in the saved config
+    np.testing.assert_allclose(loaded.predict(images, verbose=0), before, atol=1e-5)
+    assert float(sum(loaded.losses)) == pytest.approx(penalty, rel=1e-5)
+    assert renormalize_kernels(loaded) == kernels  # the attacker's undo: back to the original norms
+    np.testing.assert_allclose(_normalized_kernel_norms(loaded), norms, rtol=1e-5)
+    np.testing.assert_allclose(loaded.predict(images, verbose=0), before, atol=1e-5)
+
+
+def test_adam_turns_a_scaled_kernel_less_by_the_scale():
+    """Why the scaling hardens against fine-tuning: one Adam step moves each weight by about the
+    learning rate whatever its size, so the step turns a kernel 8 times longer 8 times less."""
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3, use_bias=False, name="conv")(inputs)
+    x = keras.layers.ReLU()(keras.layers.BatchNormalization(name="norm")(x))
+    outputs = keras.layers.Dense(3, activation="softmax")(keras.layers.GlobalAveragePooling2D()(x))
+    head = keras.layers.Dense(4, activation="softmax", name="head")
+    model = WatermarkedClassifier(keras.Model(inputs, keras.layers.Flatten()(outputs)), num_classes=3, head=head)
+    rng = np.random.default_rng(2)
+    images, labels = rng.uniform(0, 255, (16, 8, 8, 3)).astype(np.float32), rng.integers(0, 3, 16)
+    turned = []
+    for scale in (1.0, 8.0):
+        keras.utils.set_random_seed(0)
+        copy = WatermarkedClassifier.from_config(model.get_config())
+        copy.set_weights(model.get_weights())
+        harden_kernel_scale(copy, scale)
+        conv = copy.backbone.get_layer("conv")
+        kernel = conv.get_weights()[0]
+        copy.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
+        copy.fit(images, labels, batch_size=16, epochs=1, verbose=0)
+        turned.append(np.linalg.norm(conv.get_weights()[0] - kernel) / np.linalg.norm(kernel))
+    assert turned[0] > 0 and turned[1] / turned[0] == pytest.approx(1 / 8, rel=0.1)

@@ -3,6 +3,7 @@
 import numpy as np
 
 from ..backend import keras as _keras
+from ..models import renormalize_kernels
 from .common import AttackReport, Timer, measure
 from .prune import as_functional
 
@@ -14,11 +15,14 @@ _BATCH = 64
 
 
 def finetune_model(model, variant, attack_x, attack_y, epochs=DEFAULT_EPOCHS, optimizer="sgd", learning_rate=None,
-                   seed=0):
+                   seed=0, renormalize=False):
     """A fine-tuned copy of `model`.
 
     FTLL / FTAL: fine-tune the last layer / all layers. RTLL / RTAL: re-initialise
     the last layer (the one holding the watermark unit), then train it / all layers.
+    With `renormalize`, an informed attacker first divides every BatchNormalization-fed
+    kernel by embedding's public default kernel scale (`renormalize_kernels`: same
+    function), undoing the scaling before fine-tuning.
     """
     keras = _keras()
     if variant not in VARIANTS:
@@ -26,6 +30,8 @@ def finetune_model(model, variant, attack_x, attack_y, epochs=DEFAULT_EPOCHS, op
     functional = as_functional(model)
     clone = keras.models.clone_model(functional)
     clone.set_weights(functional.get_weights())
+    if renormalize:
+        renormalize_kernels(clone)
     last = clone.layers[-1]
     if variant.startswith("RT"):
         keras.utils.set_random_seed(seed)
@@ -42,19 +48,29 @@ def finetune_model(model, variant, attack_x, attack_y, epochs=DEFAULT_EPOCHS, op
     return clone
 
 
-def finetune(threat, model, variants=VARIANTS, epochs=DEFAULT_EPOCHS, optimizers=("sgd",), learning_rate=None):
-    """Runs each variant with each optimizer and measures it; returns an `AttackReport`."""
+def finetune(threat, model, variants=VARIANTS, epochs=DEFAULT_EPOCHS, optimizers=("sgd",), learning_rate=None,
+             renormalize=False):
+    """Runs each variant with each optimizer and measures it; returns an `AttackReport`.
+
+    With `renormalize`, every setting runs twice: on the model as shipped and
+    after `renormalize_kernels` (an attacker who knows about the kernel scaling).
+    """
     settings = []
     with Timer() as total:
         baseline = measure(threat, model, {"variant": "none"})
-        for optimizer in optimizers:
-            for variant in variants:
-                with Timer() as timer:
-                    tuned = finetune_model(model, variant, threat.attack_x, threat.attack_y, epochs, optimizer, learning_rate)
-                settings.append(measure(threat, tuned, {"variant": variant, "optimizer": optimizer}, extra={
-                    "epochs": epochs, "learning_rate": learning_rate or DEFAULT_LEARNING_RATES[optimizer],
-                    "seconds": round(timer.seconds, 2)}))
-    return AttackReport("finetune", threat.to_dict(), baseline.to_dict(), settings, total.seconds, notes=[
-        "FTLL/FTAL: fine-tune the last layer / all layers; RTLL/RTAL: re-initialise the last layer (which holds "
-        "the watermark unit), then train it / all layers; attacker's data, N task labels only",
-    ])
+        for renormalized in (False, True) if renormalize else (False,):
+            for optimizer in optimizers:
+                for variant in variants:
+                    with Timer() as timer:
+                        tuned = finetune_model(model, variant, threat.attack_x, threat.attack_y, epochs, optimizer,
+                                               learning_rate, renormalize=renormalized)
+                    settings.append(measure(threat, tuned, {
+                        "variant": variant, "optimizer": optimizer, "kernels": "renormalized" if renormalized else None}, extra={
+                        "epochs": epochs, "learning_rate": learning_rate or DEFAULT_LEARNING_RATES[optimizer],
+                        "seconds": round(timer.seconds, 2)}))
+    notes = ["FTLL/FTAL: fine-tune the last layer / all layers; RTLL/RTAL: re-initialise the last layer (which holds "
+             "the watermark unit), then train it / all layers; attacker's data, N task labels only"]
+    if renormalize:
+        notes.append("kernels renormalized: the attacker first divided every BatchNormalization-fed kernel by embed's "
+                     "default kernel scale (same function), undoing the scaling")
+    return AttackReport("finetune", threat.to_dict(), baseline.to_dict(), settings, total.seconds, notes=notes)
