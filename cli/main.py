@@ -82,7 +82,7 @@ SUMMARY_METRICS = (
               help="Choose keys that an autoencoder of the task's images finds ordinary (they pass query filters), or any seeded keys.")
 @click.option("--key-jitter", is_flag=True, help="Random shifts and noise on half of the key samples (robustness to fine-tuning).")
 @click.option("--learning-rate", type=click.FloatRange(0, min_open=True), help="Initial learning rate [default: by architecture].")
-@click.option("--kernel-scale", type=click.FloatRange(min=1), default=8.0, show_default=True,
+@click.option("--kernel-scale", type=click.FloatRange(min=1), default=16.0, show_default=True,
               help="After training, multiply every BatchNormalization-fed kernel by this (same function; fine-tuning with Adam moves them less). 1: off.")
 @click.option("--scheme", type=click.Choice(["extra-class", "content", "noise", "unrelated", "frontier-stitching", "adi"]),
               default="extra-class", show_default=True,

@@ -19,8 +19,8 @@ from .backend import keras as _keras
 from .backend import tensorflow
 from .errors import IPGuardError
 from .identity import IdentityCodec
-from .models import (DEFAULT_KERNEL_SCALE, WatermarkedClassifier, auto_architecture, build_backbone, build_plain_classifier, harden_kernel_scale,
-                     predict_classes, save_model)
+from .models import (DEFAULT_KERNEL_SCALE, WatermarkedClassifier, auto_architecture, build_backbone,
+                     build_plain_classifier, harden_kernel_scale, predict_classes, save_model)
 from .vault import OWNER_KEY_BYTES, OWNER_KEY_FILE, Vault
 
 # Epochs when --epochs is not given: enough for the architecture to converge.

@@ -19,10 +19,10 @@ _WEIGHT_DECAY = 1e-4  # the ResNet paper's CIFAR setting
 _BN_MOMENTUM = 0.9
 # Embedding's last step multiplies every BatchNormalization-fed kernel by this
 # factor (`harden_kernel_scale`): the model's function is unchanged, but a
-# fine-tuning attacker's Adam steps turn those kernels 8 times less. See
+# fine-tuning attacker's Adam steps turn those kernels 16 times less. See
 # docs/results/README.md, "Fine-tuning robustness", for what it buys and what
 # undoes it.
-DEFAULT_KERNEL_SCALE = 8.0
+DEFAULT_KERNEL_SCALE = 16.0
 
 
 def auto_architecture(input_shape):

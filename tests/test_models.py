@@ -7,8 +7,8 @@ import pytest
 
 from keras_ipguard import IPGuardError
 from keras_ipguard.backend import keras as _keras
-from keras_ipguard.models import (WatermarkedClassifier, build_backbone, harden_kernel_scale, load_model,
-                                  renormalize_kernels, save_model)
+from keras_ipguard.models import (DEFAULT_KERNEL_SCALE, WatermarkedClassifier, build_backbone, harden_kernel_scale,
+                                  load_model, renormalize_kernels, save_model)
 
 keras = _keras()
 
@@ -107,9 +107,9 @@ def test_kernel_scaling_keeps_every_output_and_survives_saving(tmp_path, arch, s
     images = rng.integers(0, 256, (6,) + shape).astype(np.float32)
     before, norms = model.predict(images, verbose=0), _normalized_kernel_norms(model)
     penalty = float(sum(model.losses))  # ResNet-20's L2 weight decay; none in the small CNN
-    assert harden_kernel_scale(model, 8.0) == kernels
+    assert harden_kernel_scale(model, DEFAULT_KERNEL_SCALE) == kernels
     assert float(sum(model.losses)) == pytest.approx(penalty, rel=1e-5)
-    np.testing.assert_allclose(_normalized_kernel_norms(model), 8 * np.array(norms), rtol=1e-5)
+    np.testing.assert_allclose(_normalized_kernel_norms(model), DEFAULT_KERNEL_SCALE * np.array(norms), rtol=1e-5)
     np.testing.assert_allclose(model.predict(images, verbose=0), before, atol=1e-5)
     loaded = load_model(save_model(model, tmp_path))  # the rescaled epsilon and decay are in the saved config
     np.testing.assert_allclose(loaded.predict(images, verbose=0), before, atol=1e-5)
