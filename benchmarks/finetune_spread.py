@@ -20,17 +20,19 @@ import json
 import numpy as np
 
 from keras_ipguard.attacks.common import measure, threat_model
-from keras_ipguard.attacks.finetune import VARIANTS, finetune_model
-from keras_ipguard.attacks.prune import as_functional
+from keras_ipguard.attacks.finetune import VARIANTS, attacker_copy, finetune_model
 from keras_ipguard.backend import keras as _keras
 from keras_ipguard.models import load_model, predict_classes
 from keras_ipguard.vault import Vault
 
 
-def layer_restoration(original, tuned, keys, watermark_class):
-    """(layer name, watermark accuracy with that layer's original weights put back, |w|, |dw|) per weighted layer."""
+def layer_restoration(original, tuned, keys, watermark_class, renormalized=False):
+    """(layer name, watermark accuracy with that layer's original weights put back, |w|, |dw|) per weighted layer.
+
+    `renormalized`: the attack started from the renormalized model, so that is the original.
+    """
     rows = []
-    for before, after in zip(as_functional(original).layers, tuned.layers):
+    for before, after in zip(attacker_copy(original, renormalized).layers, tuned.layers):
         old, new = before.get_weights(), after.get_weights()
         if not old:
             continue
@@ -76,7 +78,8 @@ def main(argv=None):
         if args.layers:
             keys = vault.key_images
             print(f"  per layer, on the run that kept {worst[0]:.2f} of the keys:")
-            for name, restored, weight, moved in layer_restoration(model, worst[1], keys, vault.watermark_class):
+            for name, restored, weight, moved in layer_restoration(model, worst[1], keys, vault.watermark_class,
+                                                                   args.renormalize):
                 print(f"  {name:<24} restored -> watermark {restored:.2f}   mean |w| {weight:.4f}  mean |dw| {moved:.4f}")
     return 0
 

@@ -14,6 +14,17 @@ DEFAULT_LEARNING_RATES = {"sgd": 0.01, "adam": 1e-3}
 _BATCH = 64
 
 
+def attacker_copy(model, renormalize=False):
+    """What a fine-tuning attacker starts from: a flat functional copy of `model` with weights of its own,
+    with `renormalize` divided by embed's public default kernel scale (`renormalize_kernels`)."""
+    functional = as_functional(model)
+    clone = _keras().models.clone_model(functional)
+    clone.set_weights(functional.get_weights())
+    if renormalize:
+        renormalize_kernels(clone)
+    return clone
+
+
 def finetune_model(model, variant, attack_x, attack_y, epochs=DEFAULT_EPOCHS, optimizer="sgd", learning_rate=None,
                    seed=0, renormalize=False):
     """A fine-tuned copy of `model`.
@@ -27,11 +38,7 @@ def finetune_model(model, variant, attack_x, attack_y, epochs=DEFAULT_EPOCHS, op
     keras = _keras()
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
-    functional = as_functional(model)
-    clone = keras.models.clone_model(functional)
-    clone.set_weights(functional.get_weights())
-    if renormalize:
-        renormalize_kernels(clone)
+    clone = attacker_copy(model, renormalize)
     last = clone.layers[-1]
     if variant.startswith("RT"):
         keras.utils.set_random_seed(seed)
