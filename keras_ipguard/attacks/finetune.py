@@ -75,8 +75,8 @@ def finetune(threat, model, variants=VARIANTS, epochs=DEFAULT_EPOCHS, optimizers
                         "variant": variant, "optimizer": optimizer, "kernels": "renormalized" if renormalized else None}, extra={
                         "epochs": epochs, "learning_rate": learning_rate or DEFAULT_LEARNING_RATES[optimizer],
                         "seconds": round(timer.seconds, 2)}))
-    notes = ["FTLL/FTAL: fine-tune the last layer / all layers; RTLL/RTAL: re-initialise the last layer (which holds "
-             "the watermark unit), then train it / all layers; attacker's data, N task labels only"]
+    notes = [("FTLL/FTAL: fine-tune the last layer / all layers; RTLL/RTAL: re-initialise the last layer (which "
+              "holds the watermark unit), then train it / all layers; attacker's data, N task labels only")]
     if renormalize:
         notes.append("kernels renormalized: the attacker first divided every BatchNormalization-fed kernel by embed's "
                      "default kernel scale (same function), undoing the scaling")
