@@ -210,11 +210,11 @@ def _normalized_kernels(model):
     return pairs
 
 
-def rescale_normalized_kernels(model, scale):
-    """Rescales, in place, every kernel that feeds a BatchNormalization; the model's function is unchanged.
+def harden_kernel_scale(model, factor):
+    """Embedding's last step: multiplies, in place, every kernel that feeds a BatchNormalization by `factor`.
 
-    `scale(kernel)` gives each kernel's factor c > 0. The kernel and its bias
-    are multiplied by c; the BatchNormalization's moving mean by c, its moving
+    The model's function is unchanged. The kernel and its bias are multiplied
+    by c = `factor`; the BatchNormalization's moving mean by c, its moving
     variance and epsilon by c**2, so every output stays the same (in training
     mode too, where the batch statistics scale with the input). An L1/L2
     kernel regulariser is divided by c (L1) and c**2 (L2), so the training loss
@@ -227,18 +227,15 @@ def rescale_normalized_kernels(model, scale):
     pairs = _normalized_kernels(model)
     rescaled_regularizers = set()
     for producer, norm in pairs:
-        weights = producer.get_weights()
-        factor = float(scale(weights[0]))
-        producer.set_weights([w * factor for w in weights])
+        producer.set_weights([w * factor for w in producer.get_weights()])
         regularizer = producer.kernel_regularizer
         if regularizer is not None and id(regularizer) not in rescaled_regularizers:
             rescaled_regularizers.add(id(regularizer))
             for penalty, power in (("l1", 1), ("l2", 2)):
                 if getattr(regularizer, penalty, None):
                     setattr(regularizer, penalty, getattr(regularizer, penalty) / factor**power)
-        names = [w.name.split("/")[-1].split(":")[0] for w in norm.weights]
-        norm.set_weights([w * factor if name == "moving_mean" else w * factor**2 if name == "moving_variance" else w
-                          for name, w in zip(names, norm.get_weights())])
+        norm.moving_mean.assign(norm.moving_mean * factor)
+        norm.moving_variance.assign(norm.moving_variance * factor**2)
         norm.epsilon *= factor**2
     _forget_traced_functions(model)  # they hold the old epsilon as a constant
     return len(pairs)
@@ -251,15 +248,10 @@ def _forget_traced_functions(model):
             _forget_traced_functions(layer)
 
 
-def harden_kernel_scale(model, factor):
-    """Embedding's last step: multiplies every BatchNormalization-fed kernel by `factor` (see rescale_normalized_kernels)."""
-    return rescale_normalized_kernels(model, lambda kernel: factor)
-
-
 def renormalize_kernels(model, factor=DEFAULT_KERNEL_SCALE):
     """An informed attacker's undo of `harden_kernel_scale`: divides every BatchNormalization-fed
     kernel by `factor` (the default is public). Function unchanged; returns the number of kernels."""
-    return rescale_normalized_kernels(model, lambda kernel: 1.0 / factor)
+    return harden_kernel_scale(model, 1.0 / factor)
 
 
 def predict_classes(model, images, batch_size=512):
