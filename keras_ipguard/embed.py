@@ -19,7 +19,7 @@ from .backend import keras as _keras
 from .backend import tensorflow
 from .errors import IPGuardError
 from .identity import IdentityCodec
-from .models import (DEFAULT_KERNEL_SCALE, WatermarkedClassifier, auto_architecture, build_backbone,
+from .models import (DEFAULT_KERNEL_SCALE, DEFAULT_PRUNE_ROBUSTNESS, PRUNE_ROBUSTNESS_FROM, WatermarkedClassifier, auto_architecture, build_backbone,
                      build_plain_classifier, harden_kernel_scale, predict_classes, save_model)
 from .vault import OWNER_KEY_BYTES, OWNER_KEY_FILE, Vault
 
@@ -69,6 +69,7 @@ class EmbedOptions:
     learning_rate: float | None = None
     scheme: str = baselines.EXTRA_CLASS
     kernel_scale: float = DEFAULT_KERNEL_SCALE  # 1: off
+    prune_robustness: float = DEFAULT_PRUNE_ROBUSTNESS  # 0: off; the extra-class scheme only
     verbose: int = 1
 
 
@@ -289,6 +290,8 @@ def embed(out, options, force=False, resume=False):
     stealthy = options.stealthy_keys and ours  # only our keys are chosen by typicality
     if not options.kernel_scale >= 1:
         raise IPGuardError(f"--kernel-scale must be at least 1 (1 turns it off), got {options.kernel_scale}")
+    if not options.prune_robustness >= 0:
+        raise IPGuardError(f"--prune-robustness must be at least 0 (0 turns it off), got {options.prune_robustness}")
     if options.base_model and not ours:
         raise IPGuardError(f"--base-model protects with the extra-class scheme only, not {scheme!r}; drop --scheme")
     info = data.dataset_info(options.dataset, options.data_dir)
@@ -375,6 +378,8 @@ def embed(out, options, force=False, resume=False):
         trigger_details.update(stitch_epochs=stitched.epochs, stitch_key_share=STITCH_KEY_SHARE)
     else:
         dataset, steps = pipeline(keys, key_labels)
+        if ours:
+            model.set_prune_robustness(options.prune_robustness, int(steps * epochs * PRUNE_ROBUSTNESS_FROM))
         with strategy.scope():
             _compile(model, arch, learning_rate, steps * epochs)
         train_seconds = _fit(model, dataset, steps, epochs, work / "backup", options.verbose)
@@ -432,6 +437,7 @@ def embed(out, options, force=False, resume=False):
         "key_jitter": options.key_jitter,
         "kernel_scale": options.kernel_scale,
         "kernels_rescaled": rescaled,
+        "prune_robustness": options.prune_robustness if ours else 0.0,
         "augmentation": augment,
         "seed": options.seed,
         "base_model": options.base_model,

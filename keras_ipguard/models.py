@@ -4,9 +4,12 @@ Models take raw pixel values (float 0..255, NHWC) and rescale internally, so
 the same model serves uint8 images unchanged.
 """
 
+import contextlib
+
 import numpy as np
 
 from .backend import keras as _keras
+from .backend import tensorflow as _tensorflow
 from .errors import IPGuardError
 
 keras = _keras()
@@ -23,6 +26,18 @@ _BN_MOMENTUM = 0.9
 # docs/results/README.md, "Fine-tuning robustness", for what it buys and what
 # undoes it.
 DEFAULT_KERNEL_SCALE = 16.0
+# Pruning robustness (`WatermarkedClassifier.set_prune_robustness`): training
+# steps also score the batch's keys, negatives and first task rows through the
+# model with every Dense/Conv2D kernel magnitude-pruned at a random rate in this
+# range, with BatchNormalization in inference mode (the stale statistics a
+# one-shot pruning attacker leaves). `embed` turns it on for the last third of
+# the steps: from the start, it cost 0.5-0.8 points of clean accuracy. See
+# docs/results/README.md, "Pruning robustness".
+PRUNE_ROBUSTNESS_RATES = (0.2, 0.8)
+PRUNE_ROBUSTNESS_TASK_ROWS = 16
+DEFAULT_PRUNE_ROBUSTNESS = 1.0  # the term's loss weight; 0 turns it off
+PRUNE_ROBUSTNESS_FROM = 2 / 3  # of embedding's training steps
+_THRESHOLD_SAMPLE = 2048  # kernel entries sampled to estimate a layer's magnitude quantile
 
 
 def auto_architecture(input_shape):
@@ -124,6 +139,7 @@ class WatermarkedClassifier(keras.Model):
 
     def __init__(self, backbone, num_classes, head=None, **kwargs):
         super().__init__(**kwargs)
+        self.prune_robustness, self.prune_robustness_start = 0.0, 0  # training settings (`set_prune_robustness`), not saved
         self.backbone = backbone
         self.num_classes = int(num_classes)
         self.head = head or keras.layers.Dense(self.num_classes + 1, activation="softmax", name="head")
@@ -146,6 +162,46 @@ class WatermarkedClassifier(keras.Model):
 
     def call(self, inputs, training=None):
         return self.head(self.backbone(inputs, training=training))
+
+    def set_prune_robustness(self, weight, start_step=0):
+        """Turns on the pruning-robustness term of `train_step` (weight 0: off) from optimizer step `start_step`."""
+        self.prune_robustness, self.prune_robustness_start = float(weight), int(start_step)
+        self.train_function = None  # a traced step holds the old settings
+
+    def train_step(self, data):
+        """Keras' step, plus the pruning-robustness term when `prune_robustness` > 0.
+
+        From optimizer step `prune_robustness_start` on, the loss also has the
+        cross-entropy, weighted by `prune_robustness`, of the batch's key rows
+        (target N), negatives (non-one-hot targets) and first
+        `PRUNE_ROBUSTNESS_TASK_ROWS` rows, through this model with every
+        kernel magnitude-pruned at one random rate in `PRUNE_ROBUSTNESS_RATES`
+        and in inference mode. Its gradient reaches the unpruned weights
+        through the masks, so the model learns to keep its answers when a thief
+        prunes it without re-estimating the BatchNormalization statistics.
+        """
+        if not self.prune_robustness:
+            return super().train_step(data)
+        tf = _tensorflow()
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        rows = tf.range(tf.shape(y)[0]) < PRUNE_ROBUSTNESS_TASK_ROWS
+        rows = rows | (y[:, self.num_classes] > 0.5) | (tf.reduce_max(y, axis=-1) < 0.99)
+
+        def pruned_loss():
+            with magnitude_pruned(self, tf.random.uniform([], *PRUNE_ROBUSTNESS_RATES)):
+                pruned = self(tf.boolean_mask(x, rows), training=False)
+            return tf.reduce_mean(keras.losses.categorical_crossentropy(tf.boolean_mask(y, rows), pruned))
+
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        with tf.GradientTape() as tape:
+            predictions = self(x, training=True)
+            loss = self.compute_loss(x, y, predictions, sample_weight)
+            extra = tf.cond(self.optimizer.iterations >= self.prune_robustness_start, pruned_loss,
+                            lambda: tf.zeros([]))
+            # compute_loss already divides by the replicas; the gradients are summed over them.
+            loss += self.prune_robustness * extra / replicas
+        self.optimizer.minimize(loss, self.trainable_variables, tape=tape)
+        return {**self.compute_metrics(x, y, predictions, sample_weight), "pruned_loss": extra}
 
     def task_probabilities(self, inputs):
         """The N task-class probabilities with the watermark class removed and renormalised."""
@@ -187,6 +243,46 @@ class WatermarkedClassifier(keras.Model):
         column = np.random.default_rng(seed).normal(0, kernel.std(), (kernel.shape[0], 1)).astype(kernel.dtype)
         head.set_weights([np.concatenate([kernel, column], axis=1), np.append(bias, bias.min()).astype(kernel.dtype)])
         return cls(backbone=backbone, num_classes=num_classes, head=head, name="watermarked_classifier")
+
+
+def is_prunable(layer):
+    """Whether magnitude pruning prunes this layer's kernel: Dense and Conv2D layers."""
+    return isinstance(layer, (keras.layers.Dense, keras.layers.Conv2D))
+
+
+def prunable_layers(model):
+    """The prunable layers of `model`, nested models included."""
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            yield from prunable_layers(layer)
+        elif is_prunable(layer):
+            yield layer
+
+
+@contextlib.contextmanager
+def magnitude_pruned(model, rate):
+    """Within the block, calls of `model` use every prunable kernel with its `rate` smallest magnitudes zeroed.
+
+    For use while tracing a training step: each kernel attribute is replaced
+    by the masked tensor (the gradient reaches the variable through the mask)
+    and put back on exit. The threshold is the `rate` quantile of a random
+    sample of the kernel's magnitudes.
+    """
+    tf = _tensorflow()
+    swapped = []
+    try:
+        for layer in prunable_layers(model):
+            kernel = layer.kernel
+            magnitudes = tf.reshape(tf.abs(kernel), [-1])
+            sample = tf.gather(magnitudes, tf.random.uniform([_THRESHOLD_SAMPLE], 0, tf.size(magnitudes), tf.int32))
+            threshold = tf.sort(sample)[tf.cast(rate * (_THRESHOLD_SAMPLE - 1), tf.int32)]
+            # Bypasses Keras' attribute tracking, which would otherwise drop the variable from the layer.
+            object.__setattr__(layer, "kernel", kernel * tf.cast(tf.abs(kernel) >= threshold, kernel.dtype))
+            swapped.append((layer, kernel))
+        yield
+    finally:
+        for layer, kernel in swapped:
+            object.__setattr__(layer, "kernel", kernel)
 
 
 def _normalized_kernels(model):

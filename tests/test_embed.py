@@ -59,7 +59,7 @@ def test_embed_writes_a_vault_whose_report_has_the_design_metrics(embedded):
     assert report["train_seconds"] > 0 and report["examples_per_second"] > 0
     assert report["key_source"] == "mnist" and report["architecture"] == "small_cnn"
     # The small CNN's four convolutions feed BatchNormalization: all four carry the default kernel scale.
-    assert report["kernel_scale"] == 16.0 and report["kernels_rescaled"] == 4
+    assert report["kernel_scale"] == 16.0 and report["kernels_rescaled"] == 4 and report["prune_robustness"] == 1.0
 
 
 @pytest.mark.slow
@@ -89,6 +89,7 @@ def test_existing_vault_is_refused_without_force(embedded):
         (["--dataset", "fashion_mnist", "--keys", "70000"], "is more than the 60000 images of mnist"),
         (["--dataset", "fashion_mnist", "--key-source", "fashion_mnist"], "another dataset than the task"),
         (["--dataset", "fashion_mnist", "--kernel-scale", "0.5"], "0.5 is not in the range x>=1"),
+        (["--dataset", "fashion_mnist", "--prune-robustness", "-1"], "-1.0 is not in the range x>=0"),
     ],
 )
 def test_bad_embed_input_exits_2_with_one_line(tmp_path, args, message):

@@ -7,8 +7,9 @@ import pytest
 
 from keras_ipguard import IPGuardError
 from keras_ipguard.backend import keras as _keras
+from keras_ipguard.backend import tensorflow as _tensorflow
 from keras_ipguard.models import (DEFAULT_KERNEL_SCALE, WatermarkedClassifier, build_backbone, harden_kernel_scale,
-                                  load_model, renormalize_kernels, save_model)
+                                  load_model, magnitude_pruned, prunable_layers, renormalize_kernels, save_model)
 
 keras = _keras()
 
@@ -140,3 +141,45 @@ def test_adam_turns_a_scaled_kernel_less_by_the_scale():
         copy.fit(images, labels, batch_size=16, epochs=1, verbose=0)
         turned.append(np.linalg.norm(conv.get_weights()[0] - kernel) / np.linalg.norm(kernel))
     assert turned[0] > 0 and turned[1] / turned[0] == pytest.approx(1 / 8, rel=0.1)
+
+
+def test_magnitude_pruned_calls_use_the_pruned_kernels_and_give_the_variables_back(tiny_inputs):
+    tf = _tensorflow()
+    model = WatermarkedClassifier(build_backbone("small_cnn", (28, 28, 1)), num_classes=10)
+    variables = [layer.kernel for layer in prunable_layers(model)]
+    trainable = len(model.trainable_weights)
+    before = model(tiny_inputs, training=False).numpy()
+
+    @tf.function
+    def pruned_call():
+        with magnitude_pruned(model, 0.5):
+            return model(tiny_inputs, training=False), [layer.kernel for layer in prunable_layers(model)]
+
+    outputs, kernels = pruned_call()
+    for kernel in kernels:  # the threshold is a sampled quantile: close to the rate, not exact
+        assert np.mean(kernel.numpy() == 0) == pytest.approx(0.5, abs=0.05)
+    assert [layer.kernel for layer in prunable_layers(model)] == variables and len(model.trainable_weights) == trainable
+    np.testing.assert_array_equal(model(tiny_inputs, training=False).numpy(), before)
+    copy = WatermarkedClassifier.from_config(model.get_config())
+    copy.set_weights(model.get_weights())
+    for layer, kernel in zip(prunable_layers(copy), kernels):
+        layer.set_weights([kernel.numpy()] + layer.get_weights()[1:])
+    np.testing.assert_allclose(outputs.numpy(), copy(tiny_inputs, training=False).numpy(), atol=1e-6)
+
+
+def test_prune_robustness_trains_the_pruned_model_s_answers_from_its_start_step():
+    rng = np.random.default_rng(3)
+    images = rng.integers(0, 256, (64, 28, 28, 1)).astype(np.float32)
+    targets = np.eye(11, dtype=np.float32)[rng.integers(0, 11, 64)]
+    history = {}
+    for weight, start in ((0.0, 0), (1.0, 0), (1.0, 4)):  # 2 steps an epoch
+        keras.utils.set_random_seed(0)
+        model = WatermarkedClassifier(build_backbone("small_cnn", (28, 28, 1)), num_classes=10)
+        model.set_prune_robustness(weight, start)
+        model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="categorical_crossentropy")
+        history[weight, start] = model.fit(images, targets, batch_size=32, epochs=4, verbose=0).history
+    assert "pruned_loss" not in history[0.0, 0]
+    pruned = history[1.0, 0]["pruned_loss"]
+    assert all(np.isfinite(pruned)) and pruned[-1] < pruned[0]
+    late = history[1.0, 4]["pruned_loss"]
+    assert late[:2] == [0.0, 0.0] and min(late[2:]) > 0

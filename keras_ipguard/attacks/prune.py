@@ -3,6 +3,7 @@
 import numpy as np
 
 from ..backend import keras as _keras
+from ..models import is_prunable, prunable_layers
 from .common import AttackReport, Timer, measure
 
 DEFAULT_RATES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -27,14 +28,9 @@ def as_functional(model):
     return model
 
 
-def _prunable(layer):
-    keras = _keras()
-    return isinstance(layer, (keras.layers.Dense, keras.layers.Conv2D))
-
-
 def layer_sparsity(model):
     """{layer name: fraction of zero kernel weights} for every Dense/Conv2D layer."""
-    return {layer.name: float(np.mean(layer.kernel.numpy() == 0)) for layer in _layers(model) if _prunable(layer)}
+    return {layer.name: float(np.mean(layer.kernel.numpy() == 0)) for layer in prunable_layers(model)}
 
 
 def _layers(model):
@@ -62,7 +58,7 @@ def prune_model(model, rate, attack_x, attack_y, finetune_epochs=0, learning_rat
 
     def wrap(layer):
         clone = layer.__class__.from_config(layer.get_config())
-        return tfmot.prune_low_magnitude(clone, pruning_schedule=schedule) if _prunable(layer) else clone
+        return tfmot.prune_low_magnitude(clone, pruning_schedule=schedule) if is_prunable(layer) else clone
 
     pruned = keras.models.clone_model(functional, clone_function=wrap)
     for source, target in zip(_layers(functional), _layers(pruned)):
