@@ -59,7 +59,7 @@ def test_embed_writes_a_vault_whose_report_has_the_design_metrics(embedded):
     assert report["train_seconds"] > 0 and report["examples_per_second"] > 0
     assert report["key_source"] == "mnist" and report["architecture"] == "small_cnn"
     # The small CNN's four convolutions feed BatchNormalization: all four carry the default kernel scale.
-    assert report["kernel_scale"] == 16.0 and report["kernels_rescaled"] == 4 and report["prune_robustness"] == 1.0
+    assert report["kernel_scale"] == 16.0 and report["kernels_rescaled"] == 4 and report["prune_robustness"] == 0.3
 
 
 @pytest.mark.slow
