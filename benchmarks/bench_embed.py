@@ -9,9 +9,8 @@ steps, and with the term off (`--prune-robustness 0`).
 import time
 
 from keras_ipguard import data
-from keras_ipguard.embed import _compile
-from keras_ipguard.models import (DEFAULT_PRUNE_ROBUSTNESS, PRUNE_ROBUSTNESS_FROM, WatermarkedClassifier,
-                                  build_backbone)
+from keras_ipguard.embed import DEFAULT_PRUNE_ROBUSTNESS, _compile
+from keras_ipguard.models import PRUNE_ROBUSTNESS_FROM, WatermarkedClassifier, build_backbone
 
 EMBED_TARGET_RATIO = 1.10  # embed issue: embedding <= 1.10 x plain fit
 
@@ -36,7 +35,7 @@ def run(dataset="fashion_mnist", examples=12_000, epochs=2, rounds=3, batch=128,
     embed_name, no_term = "embed (as embed runs it)", "embed, --prune-robustness 0"
     times = {embed_name: [], no_term: [], "plain model.fit": []}
     for _ in range(rounds):  # interleaved
-        times[embed_name].append(fit(merged, steps, DEFAULT_PRUNE_ROBUSTNESS))
+        times[embed_name].append(fit(merged, steps, DEFAULT_PRUNE_ROBUSTNESS["small_cnn"]))
         times[no_term].append(fit(merged, steps))
         times["plain model.fit"].append(fit(plain, plain_steps))
     best = {name: min(values) for name, values in times.items()}

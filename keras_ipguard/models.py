@@ -30,12 +30,11 @@ DEFAULT_KERNEL_SCALE = 16.0
 # steps also score the batch's keys, negatives and first task rows through the
 # model with every Dense/Conv2D kernel magnitude-pruned at a random rate in this
 # range, with BatchNormalization in inference mode (the stale statistics a
-# one-shot pruning attacker leaves). `embed` turns it on, at weight 0.3, for
-# the last third of the steps: from the start, or at weight 1, it cost 0.5-0.8
-# points of clean accuracy. See docs/results/README.md, "Pruning robustness".
+# one-shot pruning attacker leaves). `embed` turns it on for the last third of
+# the steps (its weight: `embed.DEFAULT_PRUNE_ROBUSTNESS`). See
+# docs/results/README.md, "Pruning robustness".
 PRUNE_ROBUSTNESS_RATES = (0.2, 0.8)
 PRUNE_ROBUSTNESS_TASK_ROWS = 16
-DEFAULT_PRUNE_ROBUSTNESS = 0.3  # the term's loss weight; 0 turns it off
 PRUNE_ROBUSTNESS_FROM = 2 / 3  # of embedding's training steps
 _THRESHOLD_SAMPLE = 2048  # kernel entries sampled to estimate a layer's magnitude quantile
 
