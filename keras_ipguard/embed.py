@@ -19,7 +19,7 @@ from .backend import keras as _keras
 from .backend import tensorflow
 from .errors import IPGuardError
 from .identity import IdentityCodec
-from .models import (DEFAULT_KERNEL_SCALE, PRUNE_ROBUSTNESS_FROM, WatermarkedClassifier, auto_architecture, build_backbone,
+from .models import (DEFAULT_KERNEL_SCALE, WatermarkedClassifier, auto_architecture, build_backbone,
                      build_plain_classifier, harden_kernel_scale, predict_classes, save_model)
 from .vault import OWNER_KEY_BYTES, OWNER_KEY_FILE, Vault
 
@@ -32,6 +32,9 @@ DEFAULT_EPOCHS = {"small_cnn": 15, "resnet20": 60, "vgg11": 60, "base_model": 2}
 # target, so it stays off there (and for base models) until measured on a
 # full run. See docs/results/README.md, "Pruning robustness".
 DEFAULT_PRUNE_ROBUSTNESS = {"small_cnn": 0.3, "resnet20": 0.0, "vgg11": 0.0, "base_model": 0.0}
+# The term joins for the last third of the steps: on from the first step, it
+# cost 0.5-0.8 points of clean accuracy on Fashion-MNIST.
+PRUNE_ROBUSTNESS_FROM = 2 / 3
 DEFAULT_KEYS = 100  # the paper's key-set size
 DEFAULT_BATCH_SIZE = 128  # per replica
 # Optimisers: Adam for the small CNN, SGD with momentum for the deep CIFAR nets

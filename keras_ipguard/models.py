@@ -30,12 +30,11 @@ DEFAULT_KERNEL_SCALE = 16.0
 # steps also score the batch's keys, negatives and first task rows through the
 # model with every Dense/Conv2D kernel magnitude-pruned at a random rate in this
 # range, with BatchNormalization in inference mode (the stale statistics a
-# one-shot pruning attacker leaves). `embed` turns it on for the last third of
-# the steps (its weight: `embed.DEFAULT_PRUNE_ROBUSTNESS`). See
+# one-shot pruning attacker leaves). `embed` decides its weight and first step
+# (`embed.DEFAULT_PRUNE_ROBUSTNESS`, `embed.PRUNE_ROBUSTNESS_FROM`). See
 # docs/results/README.md, "Pruning robustness".
 PRUNE_ROBUSTNESS_RATES = (0.2, 0.8)
 PRUNE_ROBUSTNESS_TASK_ROWS = 16
-PRUNE_ROBUSTNESS_FROM = 2 / 3  # of embedding's training steps
 _THRESHOLD_SAMPLE = 2048  # kernel entries sampled to estimate a layer's magnitude quantile
 
 
@@ -249,13 +248,15 @@ def is_prunable(layer):
     return isinstance(layer, (keras.layers.Dense, keras.layers.Conv2D))
 
 
+def flat_layers(model):
+    """Every layer of `model`, nested models replaced by their own layers, in order."""
+    for layer in model.layers:
+        yield from (flat_layers(layer) if hasattr(layer, "layers") else [layer])
+
+
 def prunable_layers(model):
     """The prunable layers of `model`, nested models included."""
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            yield from prunable_layers(layer)
-        elif is_prunable(layer):
-            yield layer
+    return [layer for layer in flat_layers(model) if is_prunable(layer)]
 
 
 @contextlib.contextmanager

@@ -3,7 +3,7 @@
 import numpy as np
 
 from ..backend import keras as _keras
-from ..models import is_prunable, prunable_layers
+from ..models import flat_layers, is_prunable, prunable_layers
 from .common import AttackReport, Timer, measure
 
 DEFAULT_RATES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -33,11 +33,6 @@ def layer_sparsity(model):
     return {layer.name: float(np.mean(layer.kernel.numpy() == 0)) for layer in prunable_layers(model)}
 
 
-def _layers(model):
-    for layer in model.layers:
-        yield from (_layers(layer) if hasattr(layer, "layers") else [layer])
-
-
 def prune_model(model, rate, attack_x, attack_y, finetune_epochs=0, learning_rate=1e-3):
     """A copy of `model` with the `rate` smallest-magnitude weights of every Dense/Conv2D kernel zeroed.
 
@@ -61,7 +56,7 @@ def prune_model(model, rate, attack_x, attack_y, finetune_epochs=0, learning_rat
         return tfmot.prune_low_magnitude(clone, pruning_schedule=schedule) if is_prunable(layer) else clone
 
     pruned = keras.models.clone_model(functional, clone_function=wrap)
-    for source, target in zip(_layers(functional), _layers(pruned)):
+    for source, target in zip(flat_layers(functional), flat_layers(pruned)):
         # Wrapped layers hold the original weights first, then their masks and step counters.
         weights = source.get_weights()
         target.set_weights(weights + target.get_weights()[len(weights):])
