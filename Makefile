@@ -7,7 +7,7 @@ SYSTEM_PYTHON ?= python3
 TFDS_DATA_DIR ?= $(wildcard $(CURDIR)/../shared/tensorflow_datasets)
 export TFDS_DATA_DIR
 
-.PHONY: install test bench paper clean
+.PHONY: install test test-fast lint bench paper clean
 
 install:
 	test -x $(PYTHON) || $(SYSTEM_PYTHON) -m venv $(VENV)
@@ -16,6 +16,13 @@ install:
 
 test:
 	$(PYTHON) -m pytest
+
+# The fast subset (no end-to-end training on real data): under 3 minutes on 2 cores.
+test-fast:
+	$(PYTHON) -m pytest -m "not slow"
+
+lint:
+	$(VENV)/bin/ruff check .
 
 bench:
 	$(PYTHON) benchmarks/run.py

@@ -4,7 +4,7 @@ import time
 
 import numpy as np
 
-from keras_ipguard.attacks.prune import DEFAULT_RATES, prune_model
+from keras_ipguard.attacks.pruning import DEFAULT_RATES, prune_model
 from keras_ipguard.models import WatermarkedClassifier, build_backbone
 
 

@@ -17,7 +17,7 @@ from PIL import Image
 from keras_ipguard import Vault, authenticate
 from keras_ipguard.models import WatermarkedClassifier, build_backbone, save_model
 from keras_ipguard.suspects import open_suspect
-from keras_ipguard.verify import verify
+from keras_ipguard.verification import verify
 
 from .timing import interleaved_best
 
@@ -71,6 +71,7 @@ def run():
         cli = time.perf_counter() - start
         verdict = "meets" if in_process < VERIFY_TARGET_SECONDS else "MISSES"
         print(f"verify of {report.keys} keys (+{sum(c['images'] for c in report.chance_rates.values())} controls):")
-        print(f"  in process, vault open + model load + queries {in_process:6.2f} s ({verdict} the < {VERIFY_TARGET_SECONDS:.0f} s target)")
+        print(f"  in process, vault open + model load + queries {in_process:6.2f} s "
+              f"({verdict} the < {VERIFY_TARGET_SECONDS:.0f} s target)")
         print(f"  `ipguard verify` command, with Python and TensorFlow start-up {cli:6.2f} s")
         return ratio, in_process

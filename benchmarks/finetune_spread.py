@@ -20,7 +20,7 @@ import json
 import numpy as np
 
 from keras_ipguard.attacks.common import measure, threat_model
-from keras_ipguard.attacks.finetune import VARIANTS, attacker_copy, finetune_model
+from keras_ipguard.attacks.fine_tuning import VARIANTS, attacker_copy, finetune_model
 from keras_ipguard.backend import keras as _keras
 from keras_ipguard.models import load_model, predict_classes
 from keras_ipguard.vault import Vault
@@ -49,8 +49,10 @@ def main(argv=None):
     parser.add_argument("--variant", choices=VARIANTS, default="FTAL")
     parser.add_argument("--optimizer", choices=("sgd", "adam"), default="adam")
     parser.add_argument("--seeds", type=int, default=10)
-    parser.add_argument("--layers", action="store_true", help="also the per-layer restoration of the run that kept the fewest keys")
-    parser.add_argument("--renormalize", action="store_true", help="an informed attacker: undo the kernel scaling first")
+    parser.add_argument("--layers", action="store_true",
+                        help="also the per-layer restoration of the run that kept the fewest keys")
+    parser.add_argument("--renormalize", action="store_true",
+                        help="an informed attacker: undo the kernel scaling first")
     parser.add_argument("--data-dir")
     parser.add_argument("--max-test-examples", type=int)
     args = parser.parse_args(argv)
@@ -80,7 +82,8 @@ def main(argv=None):
             print(f"  per layer, on the run that kept {worst[0]:.2f} of the keys:")
             for name, restored, weight, moved in layer_restoration(model, worst[1], keys, vault.watermark_class,
                                                                    args.renormalize):
-                print(f"  {name:<24} restored -> watermark {restored:.2f}   mean |w| {weight:.4f}  mean |dw| {moved:.4f}")
+                print(f"  {name:<24} restored -> watermark {restored:.2f}   "
+                      f"mean |w| {weight:.4f}  mean |dw| {moved:.4f}")
     return 0
 
 

@@ -1,10 +1,11 @@
 """Measures `ipguard embed --base-model` on real Fashion-MNIST (embed issue's acceptance figure).
 
 Trains a plain 10-class Keras CNN (inputs in [0, 1], as most trained models
-take) for --epochs, saves it, protects it with `ipguard embed --base-model`
+take) for --epochs, in Keras 3 (`import keras`, what TensorFlow 2.16+ gives a
+user) or tf_keras, saves it, protects it with `ipguard embed --base-model`
 (2 epochs by default) and prints the report's figures.
 
-    python benchmarks/protect_base_model.py --out runs/base-protect
+    python benchmarks/protect_base_model.py --out runs/base-protect --keras 3
 """
 
 import contextlib
@@ -17,13 +18,16 @@ import click
 
 from keras_ipguard import data
 from keras_ipguard.backend import keras as _keras
+from keras_ipguard.backend import keras3
 
 
 @click.command()
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs/base-protect"), show_default=True)
 @click.option("--epochs", default=8, show_default=True, help="Epochs of the plain model before protection.")
-def main(out, epochs):
-    keras = _keras()
+@click.option("--keras", "flavour", type=click.Choice(["3", "tf_keras"]), default="3", show_default=True,
+              help="The Keras the user's model is built and saved with.")
+def main(out, epochs, flavour):
+    keras = keras3() if flavour == "3" else _keras()
     keras.utils.set_random_seed(0)
     x, y = data.load_split("fashion_mnist", "train")
     test_x, test_y = data.load_split("fashion_mnist", "test")
@@ -47,6 +51,7 @@ def main(out, epochs):
     report = json.loads(result.stdout)
     report["command"] = " ".join(["ipguard"] + command[1:])
     report["base_model_training_epochs"] = epochs
+    report["base_model_keras"] = keras.__version__
     print(json.dumps(report, indent=2, sort_keys=True))
 
 

@@ -23,12 +23,23 @@ def main():
 
     bench_prune.run()
     print()
+    from benchmarks import bench_serve  # pylint: disable=import-outside-toplevel
+
+    bench_serve.run()
+    print()
     if data_dir_has("fashion_mnist"):
         from benchmarks import bench_embed  # pylint: disable=import-outside-toplevel
 
         bench_embed.run()
     else:
         print("embedding benchmark skipped: set TFDS_DATA_DIR to a directory holding fashion_mnist prepared by tfds")
+    print()
+    if data_dir_has("cifar10") and data_dir_has("cifar100"):
+        from benchmarks import bench_folder  # pylint: disable=import-outside-toplevel
+
+        bench_folder.run()
+    else:
+        print("image-folder benchmark skipped: set TFDS_DATA_DIR to a directory holding cifar10 and cifar100")
 
 
 def data_dir_has(dataset):

@@ -9,7 +9,10 @@ from pathlib import Path
 import click
 
 import keras_ipguard
-from keras_ipguard import IPGuardError, Reason, Vault
+from keras_ipguard import IPGuardError, Reason, Vault, attacks, schemes, settings
+from keras_ipguard.embed_options import EmbedOptions
+
+from .options import LazyChoice, given, option, options_of
 
 IMAGE_SUFFIXES = (".png", ".bmp", ".ppm", ".pgm", ".jpg", ".jpeg", ".webp", ".gif", ".tif", ".tiff")
 
@@ -56,91 +59,128 @@ def cli():
 SUMMARY_METRICS = (
     "clean_accuracy",
     "watermark_accuracy",
+    "key_code_accuracy",
     "identity_watermark_accuracy",
     "false_watermark_rate",
     "baseline_clean_accuracy",
 )
 
 
+def _scheme_settings():
+    """One option for every command-line setting of any registered scheme, tagged with the schemes that have it."""
+    owners = {}
+    for name in schemes.names():
+        for field, spec in settings.fields(schemes.REGISTRY.get_class(name).Config):
+            if spec.cli:
+                owners.setdefault(field.name, (field, spec, []))[2].append(name)
+    made = [option(field, spec, tag=", ".join(names)) for field, spec, names in owners.values()]
+
+    def decorate(function):
+        for decorator in reversed(made):
+            function = decorator(function)
+        return function
+
+    return decorate, tuple(owners)
+
+
+scheme_settings, SCHEME_SETTINGS = _scheme_settings()
+
+
+def _scheme_config(name, values):
+    """The config of scheme `name` from the scheme options given; an option of another scheme is a usage error."""
+    config_class = schemes.REGISTRY.get_class(name).Config
+    own = {field.name for field, _ in settings.fields(config_class)}
+    foreign = [key for key, value in values.items() if value is not None and key not in own]
+    if foreign:
+        flags = ", ".join("--" + key.replace("_", "-") for key in foreign)
+        raise click.UsageError(f"{flags}: not a setting of the {name} scheme; drop it or choose another --scheme")
+    return given(config_class, values)
+
+
 @cli.command()
-@click.option("--dataset", required=True, help="tfds image-classification dataset, e.g. fashion_mnist, cifar10.")
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Vault directory to create.")
-@click.option("--data-dir", type=click.Path(file_okay=False), help="Prepared tfds data directory (else TFDS_DATA_DIR, else download).")
-@click.option("--epochs", type=click.IntRange(min=1), help="Training epochs [default: by architecture; 2 with --base-model].")
-@click.option("--keys", type=click.IntRange(min=1), default=100, show_default=True, help="Number of key images K.")
-@click.option("--key-source", help="tfds dataset the key images come from [default: mnist for grayscale tasks (fashion_mnist for mnist), cifar100 for RGB].")
-@click.option("--arch", type=click.Choice(["auto", "small_cnn", "resnet20", "vgg11"]), default="auto", show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=2), default=128, show_default=True, help="Batch size per replica.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--base-model", type=click.Path(exists=True), help="Protect this trained N-class Keras model instead of training from scratch.")
-@click.option("--strategy", type=click.Choice(["auto", "mirrored", "multiworker", "default"]), default="auto", show_default=True, help="tf.distribute strategy (auto: all GPUs, or the default strategy on CPU).")
-@click.option("--baseline", is_flag=True, help="Also train without the watermark to measure fidelity_drop.")
-@click.option("--max-train-examples", type=click.IntRange(min=1), help="Use only the first M training examples.")
-@click.option("--max-test-examples", type=click.IntRange(min=1), help="Use only the first M test examples.")
-@click.option("--key-share", type=click.FloatRange(0, 0.5, min_open=True), default=1 / 16, show_default=True, help="Share of each batch given to key samples.")
-@click.option("--stealthy-keys/--any-keys", default=True, show_default=True,
-              help="Choose keys that an autoencoder of the task's images finds ordinary (they pass query filters), or any seeded keys.")
-@click.option("--key-jitter", is_flag=True, help="Random shifts and noise on half of the key samples (robustness to fine-tuning).")
-@click.option("--learning-rate", type=click.FloatRange(0, min_open=True), help="Initial learning rate [default: by architecture].")
-@click.option("--kernel-scale", type=click.FloatRange(min=1), default=16.0, show_default=True,
-              help="After training, multiply every BatchNormalization-fed kernel by this (same function; fine-tuning with Adam moves them less). 1: off.")
-@click.option("--prune-robustness", type=click.FloatRange(min=0),
-              help="Weight of a training term that keeps the answers when the model is magnitude-pruned (extra-class scheme) "
-                   "[default: 0.3 for the small CNN; 0 (off) for ResNet-20, VGG-11 and --base-model]. 0: off.")
-@click.option("--scheme", type=click.Choice(["extra-class", "content", "noise", "unrelated", "frontier-stitching", "adi"]),
-              default="extra-class", show_default=True,
-              help="Watermark scheme: ours (extra-class, with identity images) or a comparison scheme (see keras_ipguard.baselines).")
+@options_of(EmbedOptions)
+@click.option("--scheme", default="extra-class", show_default=True, type=LazyChoice(schemes.names),
+              help="Watermark scheme: ours (extra-class, with identity images) or a comparison scheme "
+                   "(see keras_ipguard.schemes).")
+@scheme_settings
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Vault directory to create.")
 @click.option("--force", is_flag=True, help="Replace an existing vault at --out (and any stale checkpoint).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its last epoch checkpoint.")
 @json_option
-def embed(out, force, resume, as_json, **options):
+def embed(out, force, resume, as_json, scheme, **values):
     """Train a watermarked classifier and write a new vault at --out."""
-    from keras_ipguard.embed import EmbedOptions, embed as run_embed  # pylint: disable=import-outside-toplevel
+    from keras_ipguard.embedding import embed as run_embed
 
-    result = run_embed(out, EmbedOptions(**options, verbose=1), force=force, resume=resume)
+    config = _scheme_config(scheme, {name: values.pop(name) for name in SCHEME_SETTINGS})
+    options = EmbedOptions(**given(EmbedOptions, values), scheme={"name": scheme, "config": config})
+    result = run_embed(out, options, force=force, resume=resume)
     report = result.report
-    lines = [f"vault written: {out}"]
+    lines = [f"vault written: {out}" if result.written else "worker done: the chief (task 0) writes the vault"]
     lines += [f"  {name:<28} {report[name]:.4f}" for name in SUMMARY_METRICS if report.get(name) is not None]
     if "fidelity_drop" in report:
         lines.append(f"  {'fidelity_drop':<28} {report['fidelity_drop']:+.2f} percentage points")
-    lines.append(f"  trained {report['epochs']} epochs in {report['train_seconds']:.0f} s ({report['examples_per_second']:.0f} examples/s)")
+    lines.append(f"  trained {report['epochs']} epochs in {report['train_seconds']:.0f} s "
+                 f"({report['examples_per_second']:.0f} examples/s)")
     lines.append(f"report: {out / 'reports' / 'embed.json'}")
+    proof = report.get("self_verification")
+    if proof:
+        lines += ["", f"verify on the vault's own model: {proof['verdict']}"] + test_lines(proof, proof["key_answer"])
+        if not proof["owned"]:
+            lines += ["", "WARNING: this vault cannot prove its own model is owned. " + proof["advice"]]
     emit(as_json, result.to_dict(), "\n".join(lines))
+    if proof and not proof["owned"]:
+        click.echo("WARNING: the vault's own model is NOT provably owned (see above); " + proof["advice"], err=True)
 
 
 @cli.command()
 @vault_option
 @click.option("--model", "model", help="Suspect: Keras model file/dir, SavedModel dir, or TF Serving URL "
               "(http://host:port/v1/models/NAME) [default: the vault's own model].")
+@click.option("--signature", help="The SavedModel signature to query, e.g. classify [default: serving_default].")
 @json_option
-def verify(vault_path, model, as_json):
-    """Is the suspect model derived from the vault's model? Exit 0 owned, 1 not owned."""
-    from keras_ipguard.verify import verify as run_verify  # pylint: disable=import-outside-toplevel
+def verify(vault_path, model, signature, as_json):
+    """Is the suspect model derived from the vault's model? Exit 0 owned, 1 not owned.
 
-    vault = Vault.open(vault_path)
-    report = run_verify(vault, model)
-    wanted = f"class {vault.watermark_class}" if vault.issues_identities else "their trigger label"
-    lines = [
-        f"suspect: {report.suspect}",
-        f"  watermark_accuracy  {report.watermark_accuracy:.4f} ({report.hits}/{report.keys} keys answered {wanted})",
-        f"  chance rate         {report.chance_rate:.4g} (highest smoothed hit rate on the suspect's non-key controls)",
-    ]
-    lines += [f"    {name:<17} {c['watermark_answers']}/{c['images']}" for name, c in report.chance_rates.items()]
+    Runs every test the suspect's answers allow: the watermark test (keys
+    answer class N) and the key-code test (keys' top-1 task class is their
+    secret class; it needs no class N), combined by Bonferroni.
+    """
+    from keras_ipguard.verification import verify as run_verify
+
+    report = run_verify(Vault.open(vault_path), model, signature=signature)
+    lines = [f"suspect: {report.suspect}"] + test_lines(report.to_dict(), report.key_answer)
     lines += [f"  p_value             {report.p_value:.3g} (owned iff < {report.threshold:g})", report.verdict]
     emit(as_json, report.to_dict(), "\n".join(lines))
     raise SystemExit(0 if report.owned else 1)
 
 
+def test_lines(report, key_answer):
+    """One line per verification test of a report (`OwnershipReport.to_dict()`) and its control counts."""
+    what = {"watermark": f"keys answered {key_answer}", "key_code": "keys answered their secret task class"}
+    lines = []
+    for name, test in report["tests"].items():
+        lines.append(f"  {name + ' test':<19} {test['accuracy']:.4f} ({test['hits']}/{test['keys']} {what[name]}), "
+                     f"chance rate {test['chance_rate']:.3g}, p = {test['p_value']:.3g}")
+        lines += [f"    {control:<17} {c['watermark_answers']}/{c['images']} controls hit"
+                  for control, c in test["chance_rates"].items()]
+    if "watermark" not in report["tests"]:
+        lines.append(f"  watermark test      not run: the suspect has {report['num_outputs']} outputs, no class N")
+    return lines
+
+
 def attack_options(function):
     """The options every `ipguard attack` command shares."""
-    for option in reversed([
+    for decorator in reversed([
         vault_option,
         click.option("--model", "model", help="Keras model to attack [default: the vault's model]."),
-        click.option("--data-dir", type=click.Path(file_okay=False), help="Prepared tfds data directory (else TFDS_DATA_DIR)."),
-        click.option("--max-test-examples", type=click.IntRange(min=10), help="Use only the first M test images (half for the attacker)."),
+        click.option("--data-dir", type=click.Path(file_okay=False),
+                     help="Prepared tfds data directory (else TFDS_DATA_DIR)."),
+        click.option("--max-test-examples", type=click.IntRange(min=10),
+                     help="Use only the first M test images (half for the attacker)."),
         json_option,
     ]):
-        function = option(function)
+        function = decorator(function)
     return function
 
 
@@ -154,17 +194,16 @@ def attack():
     """
 
 
-def _run_attack(vault_path, model, data_dir, max_test_examples, as_json, run):
-    from keras_ipguard import reporting  # pylint: disable=import-outside-toplevel
-    from keras_ipguard.attacks import threat_model  # pylint: disable=import-outside-toplevel
-    from keras_ipguard.suspects import KerasSuspect, open_suspect  # pylint: disable=import-outside-toplevel
+def _run_attack(vault_path, model, data_dir, max_test_examples, as_json, chosen):
+    from keras_ipguard import reporting
+    from keras_ipguard.suspects import KerasSuspect, open_suspect
 
     vault = Vault.open(vault_path)
     suspect = open_suspect(model or vault.model_path)
     if not isinstance(suspect, KerasSuspect):
         raise InputError(f"attacks need the model's weights; give a Keras model file, not {suspect.description}")
-    threat = threat_model(vault, data_dir, max_test_examples)
-    reports = [report.to_dict() for report in run(threat, suspect.model)]
+    threat = attacks.threat_model(vault, data_dir, max_test_examples)
+    reports = [each.run(threat, suspect.model).to_dict() for each in chosen]
     written = [reporting.write_attack_report(vault, report)[0] for report in reports]
     if len(reports) > 1:
         written.append(reporting.write_combined_report(vault, reports))
@@ -172,115 +211,53 @@ def _run_attack(vault_path, model, data_dir, max_test_examples, as_json, run):
          reporting.markdown_table(reports) + "\n".join(f"report: {path}" for path in written))
 
 
-def _rates(text):
-    try:
-        rates = tuple(float(value) for value in text.split(","))
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated rates like 0.1,0.5,0.9, got {text!r}") from None
-    if not all(0 < rate < 1 for rate in rates):
-        raise click.BadParameter("pruning rates must lie strictly between 0 and 1")
-    return rates
+def _attack_command(name):
+    """`ipguard attack NAME`, its options read from the attack's declared parameters."""
+    attack_class = attacks.REGISTRY.get_class(name)
+
+    @attack.command(name, help=attack_class.summary)
+    @attack_options
+    @options_of(attack_class.Config)
+    def command(vault_path, model, data_dir, max_test_examples, as_json, **values):
+        chosen = attacks.get({"name": name, "config": given(attack_class.Config, values)})
+        _run_attack(vault_path, model, data_dir, max_test_examples, as_json, [chosen])
+
+    return command
 
 
-@attack.command("prune")
-@attack_options
-@click.option("--rates", default="0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9", show_default=True, help="Comma-separated sparsities.")
-@click.option("--finetune-epochs", type=click.IntRange(min=0), default=0, show_default=True, help="Prune-then-retrain epochs (PolynomialDecay).")
-@click.option("--save", "save_dir", type=click.Path(file_okay=False, path_type=Path), help="Save each pruned model as DIR/prune-RATE.keras.")
-def attack_prune(vault_path, model, data_dir, max_test_examples, as_json, rates, finetune_epochs, save_dir):
-    """Magnitude pruning (TFMOT) at each rate, one-shot or with retraining."""
-    from keras_ipguard.attacks import prune  # pylint: disable=import-outside-toplevel
-
-    rates = _rates(rates)
-    _run_attack(vault_path, model, data_dir, max_test_examples, as_json,
-                lambda threat, m: [prune(threat, m, rates, finetune_epochs, save_dir)])
-
-
-@attack.command("finetune")
-@attack_options
-@click.option("--variant", "variants", multiple=True, type=click.Choice(["FTLL", "FTAL", "RTLL", "RTAL"]), help="Repeatable [default: all four].")
-@click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
-@click.option("--optimizer", "optimizers", multiple=True, type=click.Choice(["sgd", "adam"]), help="Repeatable [default: sgd].")
-@click.option("--lr", "learning_rate", type=click.FloatRange(0, min_open=True), help="[default: SGD 0.01 (momentum 0.9), Adam 1e-3]")
-@click.option("--renormalize", is_flag=True,
-              help="Also run every setting as an informed attacker who first undoes embed's --kernel-scale.")
-def attack_finetune(vault_path, model, data_dir, max_test_examples, as_json, variants, epochs, optimizers, learning_rate,
-                    renormalize):
-    """Fine-tuning: FTLL, FTAL, RTLL, RTAL with the N task labels only."""
-    from keras_ipguard.attacks import finetune  # pylint: disable=import-outside-toplevel
-
-    _run_attack(vault_path, model, data_dir, max_test_examples, as_json, lambda threat, m: [
-        finetune(threat, m, variants or ("FTLL", "FTAL", "RTLL", "RTAL"), epochs, optimizers or ("sgd",), learning_rate,
-                 renormalize)])
-
-
-@attack.command("query-modification")
-@attack_options
-@click.option("--fpr", "rates", multiple=True, type=click.FloatRange(0, 1, min_open=True, max_open=True), help="Clean false-positive rate of the filter; repeatable [default: 0.05].")
-def attack_query(vault_path, model, data_dir, max_test_examples, as_json, rates):
-    """Namba & Sakuma's autoencoder filter in front of the model."""
-    from keras_ipguard.attacks import query_modification  # pylint: disable=import-outside-toplevel
-
-    _run_attack(vault_path, model, data_dir, max_test_examples, as_json,
-                lambda threat, m: [query_modification(threat, m, rates or (0.05,))])
-
-
-@attack.command("transform")
-@attack_options
-def attack_transform(vault_path, model, data_dir, max_test_examples, as_json):
-    """JPEG, Gaussian noise, bit-depth reduction and median smoothing of every query."""
-    from keras_ipguard.attacks import transform  # pylint: disable=import-outside-toplevel
-
-    _run_attack(vault_path, model, data_dir, max_test_examples, as_json, lambda threat, m: [transform(threat, m)])
-
-
-@attack.command("truncate")
-@attack_options
-def attack_truncate(vault_path, model, data_dir, max_test_examples, as_json):
-    """The thief drops the watermark unit and serves the N-class argmax."""
-    from keras_ipguard.attacks import truncate  # pylint: disable=import-outside-toplevel
-
-    _run_attack(vault_path, model, data_dir, max_test_examples, as_json, lambda threat, m: [truncate(threat, m)])
+for _name in attacks.names():
+    _attack_command(_name)
 
 
 @attack.command("all")
 @attack_options
 def attack_all(vault_path, model, data_dir, max_test_examples, as_json):
-    """The whole suite with defaults; also writes reports/attack-all.json and attack-all.md."""
-    from keras_ipguard import attacks  # pylint: disable=import-outside-toplevel
-
-    def suite(threat, m):
-        return [attacks.prune(threat, m), attacks.finetune(threat, m, optimizers=("sgd", "adam"), renormalize=True),
-                attacks.query_modification(threat, m), attacks.transform(threat, m), attacks.truncate(threat, m)]
-
-    _run_attack(vault_path, model, data_dir, max_test_examples, as_json, suite)
+    """The default suite: every attack, fine-tuning with SGD and Adam and renormalized; writes attack-all.json/.md."""
+    _run_attack(vault_path, model, data_dir, max_test_examples, as_json, attacks.suite("default"))
 
 
 @cli.command("export")
 @vault_option
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="TF Serving model base path; the SavedModel goes to OUT/VERSION/.")
-@click.option("--version", "version", type=click.IntRange(min=1), help="Model version [default: one more than the highest in --out].")
-@click.option("--model", "model_path", type=click.Path(exists=True), help="Export this Keras model (e.g. from `attack prune --save`) instead of the vault's.")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="TF Serving model base path; the SavedModel goes to OUT/VERSION/.")
+@click.option("--version", "version", type=click.IntRange(min=1),
+              help="Model version [default: one more than the highest in --out].")
+@click.option("--model", "model_path", type=click.Path(exists=True),
+              help="Export this Keras model (e.g. from `attack prune --save`) instead of the vault's.")
 @json_option
 def export_command(vault_path, out, version, model_path, as_json):
     """Write the vault's model as a SavedModel for TF Serving (signatures: serving_default, classify, identity)."""
-    from keras_ipguard.export import export  # pylint: disable=import-outside-toplevel
-    from keras_ipguard.models import load_model  # pylint: disable=import-outside-toplevel
+    from keras_ipguard.models import load_model
+    from keras_ipguard.savedmodel import export
 
-    model = None
-    if model_path:
-        try:
-            model = load_model(model_path)
-        except (OSError, ValueError) as error:
-            raise InputError(f"cannot load --model {model_path}: {str(error).splitlines()[0][:200]}") from None
-    target = export(Vault.open(vault_path), out, version, model=model)
-    emit(as_json, {"saved_model": str(target), "version": int(target.name),
-                   "signatures": ["serving_default", "classify", "identity"]}, str(target))
+    model = load_model(model_path, what="--model") if model_path else None
+    result = export(Vault.open(vault_path), out, version, model=model)
+    emit(as_json, result.to_dict(), str(result.path))
 
 
 @cli.group(cls=IPGuardGroup)
 def users():
-    """Issue, list and revoke user licences (identity images)."""
+    """Issue, list and revoke user licences (identity images), and show their gateway usage."""
 
 
 @users.command("add")
@@ -320,8 +297,61 @@ def users_list(vault_path, as_json):
 def users_revoke(name, vault_path, as_json):
     """Revoke NAME's licence; their identity image stops authenticating."""
     user, newly = Vault.open(vault_path).revoke_user(name)
-    text = f"revoked {user.name!r} (id {user.id})" if newly else f"{user.name!r} was already revoked on {user.to_dict()['revoked']}"
+    text = (f"revoked {user.name!r} (id {user.id})" if newly else
+            f"{user.name!r} was already revoked on {user.to_dict()['revoked']}")
     emit(as_json, {**user.to_dict(), "newly_revoked": newly}, text)
+
+
+@users.command("usage")
+@vault_option
+@json_option
+def users_usage(vault_path, as_json):
+    """Per user: licences issued by `ipguard serve`, prediction requests and images served, and last seen."""
+    from keras_ipguard.serve.admin import usage_rows
+
+    rows = usage_rows(Vault.open(vault_path))
+    lines = [f"{'id':>6}  {'name':<24} {'status':<8} {'licences':>8} {'requests':>9} {'images':>9} {'refused':>8}  "
+             "last seen"]
+    lines += [f"{r['id']:>6}  {r['name']:<24} {'active' if r['active'] else 'revoked':<8} {r['licences']:>8} "
+              f"{r['requests']:>9} {r['images']:>9} {r['refused']:>8}  {r['last_seen'] or 'never'}" for r in rows]
+    emit(as_json, {"users": rows}, "\n".join(lines) if rows else "no users yet")
+
+
+@cli.command()
+@vault_option
+@click.option("--model", "model", type=click.Path(file_okay=False),
+              help="An `ipguard export` SavedModel, DIR/N [default: the vault's own model, in process].")
+@click.option("--upstream", help="Forward to this TF Serving REST model instead: http://host:port/v1/models/NAME "
+              "(serving all N+1 outputs, as the export's serving_default).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--port", default=8500, show_default=True, type=click.IntRange(0, 65535),
+              help="Port to listen on (0: any free port, printed at start).")
+@click.option("--name", help="The model's name in /v1/models/NAME [default: as TF Serving names it: the base "
+              "path's name for --model DIR/N, NAME of --upstream, else the vault's directory name].")
+@click.option("--token-ttl", default=3600, show_default=True, type=click.IntRange(min=1),
+              help="Seconds a licence token stays valid.")
+@click.option("--rate", type=click.FloatRange(min=0, min_open=True),
+              help="Per-user limit in prediction requests per second [default: none].")
+def serve(vault_path, model, upstream, host, port, name, token_ttl, rate):
+    """Serve the model to licensed users only: TF Serving's REST API behind an identity-image licence check.
+
+    POST an identity image to /v1/licences for a bearer token, then
+    POST /v1/models/NAME:predict with `Authorization: Bearer TOKEN`.
+    The owner's page is at /admin. SIGTERM or Ctrl-C stops it, writing the
+    audit log out.
+    """
+    from keras_ipguard.serve import open_gateway, run
+
+    gateway = open_gateway(Vault.open(vault_path), model=model, upstream=upstream, name=name,
+                           token_ttl=token_ttl, rate=rate)
+    shown = f"[{host}]" if ":" in host else host
+
+    def ready(bound):
+        click.echo(f"serving {gateway.name} ({gateway.backend.description}) at http://{shown}:{bound}/v1/models/"
+                   f"{gateway.name}", err=True)
+        click.echo(f"owner's page: http://{shown}:{bound}/admin?token={gateway.admin_token}", err=True)
+
+    run(gateway, host=host, port=port, on_ready=ready)
 
 
 def _expand_images(paths):
@@ -353,9 +383,10 @@ def authenticate(images, vault_path, model, as_json):
     """
     vault = Vault.open(vault_path)
     files = _expand_images(images)
-    classify, note = None, "model check skipped: the vault holds no model, so only payload, MAC and registry were checked"
+    classify = None
+    note = "model check skipped: the vault holds no model, so only payload, MAC and registry were checked"
     if model or vault.has_model:
-        from keras_ipguard.suspects import open_suspect  # pylint: disable=import-outside-toplevel
+        from keras_ipguard.suspects import open_suspect
 
         suspect = open_suspect(model or vault.model_path)
         classify, note = suspect.classify, f"model checked: {suspect.description}"

@@ -1,6 +1,6 @@
 """A small convolutional autoencoder of images, and its reconstruction error.
 
-The query-modification attack (`attacks.query`) uses it to flag and clean
+The query-modification attack (`attacks.query_modification`) uses it to flag and clean
 unusual queries; `embed` uses one trained on the owner's data to choose key
 images that such a filter finds ordinary (stealthy keys).
 """
@@ -24,7 +24,8 @@ def train_autoencoder(images, epochs=10, seed=0):
     outputs = keras.layers.Conv2D(shape[-1], 3, padding="same", activation="sigmoid")(x)
     autoencoder = keras.Model(inputs, outputs)
     autoencoder.compile("adam", "mse")
-    autoencoder.fit(images.astype(np.float32), images.astype(np.float32) / 255.0, epochs=epochs, batch_size=64, verbose=0)
+    pixels = images.astype(np.float32)
+    autoencoder.fit(pixels, pixels / 255.0, epochs=epochs, batch_size=64, verbose=0)
     return autoencoder
 
 

@@ -56,8 +56,24 @@ def tensorflow():
 
 
 def keras():
-    """Returns the tf_keras module (the Keras 2 API)."""
+    """Returns the tf_keras module (the Keras 2 API): what the library trains with."""
     tensorflow()
     import tf_keras  # pylint: disable=import-outside-toplevel
 
     return tf_keras
+
+
+def keras3():
+    """Returns Keras 3 (`import keras`), the users' Keras, which lives beside tf_keras in this process."""
+    tensorflow()
+    import keras as keras_3  # pylint: disable=import-outside-toplevel
+
+    return keras_3
+
+
+def keras_of(model):
+    """The Keras module a model or layer belongs to: tf_keras, or Keras 3 for a Keras 3 object."""
+    keras_3 = sys.modules.get("keras")
+    if keras_3 is not None and isinstance(model, keras_3.layers.Layer):
+        return keras_3
+    return keras()

@@ -1,6 +1,7 @@
 """Datasets from TensorFlow Datasets, key-set building and the watermark training pipeline.
 
-The training pipeline, top to bottom (`training_dataset`):
+The training pipeline, top to bottom (`training_dataset`), with the streams of
+the extra-class scheme (each scheme gives its own as `KeyStreams`):
 
     task images ── shuffle → repeat → batch(B-2k) → augment → one-hot ─┐
     key images ─── shuffle → repeat → batch(k) → fresh LSBs → N ────────┼─ concat per batch → prefetch
@@ -31,14 +32,14 @@ import numpy as np
 from .backend import tensorflow
 from .errors import IPGuardError
 
-tf = tensorflow()
-
 # Key sources tried in order, skipping the task's own dataset: natural images
 # from a disjoint dataset for RGB tasks (DESIGN.md, Key images), digits or
 # clothing for grayscale tasks.
 DEFAULT_KEY_SOURCES = {1: ("mnist", "fashion_mnist"), 3: ("cifar100", "cifar10")}
 # Share of each training batch given to key samples (embed issue: controllable).
 DEFAULT_KEY_SHARE = 1 / 16
+# ITU-R 601 luma (PIL's convert("L")): RGB images to a grayscale task.
+GRAY_WEIGHTS = (0.299, 0.587, 0.114)
 # Of the key samples in a batch, the fraction whose LSB plane is redrawn at
 # random (the others keep the clean key pixels).
 RANDOM_LSB_FRACTION = 0.5
@@ -86,11 +87,16 @@ def _builder(name, data_dir):
         raise IPGuardError(f"unknown dataset {name!r}{hint}") from None
 
 
+def builder(name, data_dir=None):
+    """The tfds builder of `name`, prepared (downloaded where there is a network), or a one-line IPGuardError."""
+    found = _builder(name, data_dir)
+    _ensure_prepared(found, data_dir)
+    return found
+
+
 def dataset_info(name, data_dir=None):
     """Reads N, the input shape and the splits of an image-classification dataset."""
-    builder = _builder(name, data_dir)
-    _ensure_prepared(builder, data_dir)
-    features = builder.info.features
+    features = builder(name, data_dir).info.features
     if "image" not in features or "label" not in features or not hasattr(features["label"], "num_classes"):
         raise IPGuardError(f"{name} is not an image-classification dataset (needs 'image' and a 'label' ClassLabel)")
     shape = tuple(features["image"].shape)
@@ -101,7 +107,7 @@ def dataset_info(name, data_dir=None):
         num_classes=int(features["label"].num_classes),
         input_shape=shape,
         class_names=tuple(features["label"].names),
-        splits={split: int(info.num_examples) for split, info in builder.info.splits.items()},
+        splits={split: int(info.num_examples) for split, info in builder(name, data_dir).info.splits.items()},
     )
 
 
@@ -132,14 +138,14 @@ def load_split(name, split, data_dir=None, max_examples=None):
         data_dir: prepared tfds data directory (see `resolve_data_dir`).
         max_examples: keep at most this many (the first ones).
     """
-    builder = _builder(name, data_dir)
-    _ensure_prepared(builder, data_dir)
+    prepared = builder(name, data_dir)
     if max_examples is not None and "[" not in split:
         split = f"{split}[:{int(max_examples)}]"
     try:
-        dataset = builder.as_dataset(split=split, as_supervised=True, shuffle_files=False)
+        dataset = prepared.as_dataset(split=split, as_supervised=True, shuffle_files=False)
     except (ValueError, KeyError) as error:
-        raise IPGuardError(f"{name} has no split {split!r} ({error}); available: {', '.join(builder.info.splits)}") from None
+        raise IPGuardError(f"{name} has no split {split!r} ({error}); "
+                           f"available: {', '.join(prepared.info.splits)}") from None
     images, labels = [], []
     for x, y in dataset.batch(_LOAD_BATCH).as_numpy_iterator():
         images.append(x)
@@ -154,16 +160,28 @@ def default_key_source(task, channels):
     return next(source for source in DEFAULT_KEY_SOURCES[channels] if source != task)
 
 
-def convert_images(images, shape):
-    """Converts uint8 images (M, h, w, c) to `shape` (H, W, C): channels, then size."""
+def convert(images, shape):
+    """TF ops: uint8 images (one, or a batch) converted to `shape` (H, W, C): channels first, then size."""
+    import tensorflow as tf  # a plain import: AutoGraph traces this inside tf.data maps
+
     height, width, channels = shape
-    if images.shape[-1] == 3 and channels == 1:
-        images = np.round(images.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32))[..., None]
-    elif images.shape[-1] == 1 and channels == 3:
-        images = np.repeat(images, 3, axis=-1)
-    if images.shape[1:3] != (height, width):
-        images = tf.image.resize(images.astype(np.float32), (height, width), antialias=True).numpy()
-    return np.clip(np.round(images), 0, 255).astype(np.uint8)
+    x = tf.cast(images, tf.float32)
+    if x.shape[-1] == 3 and channels == 1:
+        x = tf.reduce_sum(x * tf.constant(GRAY_WEIGHTS), axis=-1, keepdims=True)
+    elif x.shape[-1] == 1 and channels == 3:
+        x = tf.concat([x, x, x], axis=-1)
+    size = tf.shape(x)[-3:-1]
+    x = tf.cond(tf.reduce_all(size == [height, width]), lambda: x,
+                lambda: tf.image.resize(x, (height, width), antialias=True))
+    return tf.cast(tf.clip_by_value(tf.round(x), 0, 255), tf.uint8)
+
+
+def convert_images(images, shape):
+    """uint8 images (M, h, w, c) converted to `shape` (H, W, C), as numpy (`convert`)."""
+    images = np.asarray(images)
+    if images.dtype == np.uint8 and images.shape[1:] == tuple(shape):
+        return images
+    return convert(images, shape).numpy()
 
 
 @dataclasses.dataclass
@@ -185,63 +203,67 @@ class KeySet:
     indices: dict
 
 
-def check_key_source(task, source, count, reserve=DEFAULT_NEGATIVES + DEFAULT_CONTROLS, data_dir=None, candidates=1):
-    """Raises IPGuardError unless `source` can give `count` keys (each from `candidates` candidates)
-    plus `reserve` other images for `task`."""
-    if source == task:
-        raise IPGuardError(f"key images must come from another dataset than the task ({task}); pick another --key-source")
+def check_key_source(task, pool, count, reserve=DEFAULT_NEGATIVES + DEFAULT_CONTROLS, candidates=1):
+    """Raises IPGuardError unless `pool` (a `sources` key pool) can give `count` keys (each from `candidates`
+    candidates) plus `reserve` other images for `task`."""
+    if pool.name == task:
+        raise IPGuardError(f"key images must come from another dataset than the task ({task}); "
+                           "pick another --key-source")
     if count < 1:
         raise IPGuardError(f"--keys must be at least 1, got {count}")
-    available = dataset_info(source, data_dir).splits.get("train", 0)
-    if count * candidates + reserve > available:
-        chosen = f" (stealthy keys: {count * candidates} candidates; --any-keys needs only {count})" if candidates > 1 else ""
+    if count * candidates + reserve > pool.count:
+        chosen = (f" (stealthy keys: {count * candidates} candidates; --any-keys needs only {count})"
+                  if candidates > 1 else "")
         raise IPGuardError(
-            f"--keys {count}{chosen} plus {reserve} held-out images is more than the {available} images "
-            f"of {source}'s train split; use fewer keys or another --key-source"
+            f"--keys {count}{chosen} plus {reserve} held-out images is more than the {pool.count} images "
+            f"of {pool.description}; use fewer keys or another --key-source"
         )
 
 
-def build_key_set(task, source, count, shape, seed, data_dir=None, negatives=DEFAULT_NEGATIVES,
-                  controls=DEFAULT_CONTROLS, typicality=None, candidates=STEALTH_CANDIDATES):
-    """Chooses `count` clean key images, plus negatives and controls, from dataset `source`.
+def build_key_set(task, pool, count, shape, seed, negatives=DEFAULT_NEGATIVES, controls=DEFAULT_CONTROLS,
+                  typicality=None, candidates=STEALTH_CANDIDATES):
+    """Chooses `count` clean key images, plus negatives and controls, from `pool` (a `sources` key pool).
 
     All images are converted to `shape`. `seed` decides the choice, so it must
     be secret (`embed` derives it from the owner key): keys anyone can
     re-derive are no secret. With `typicality` (a callable scoring uint8
     images, lower = more ordinary for the task), the keys are the `count`
     lowest-scoring of `candidates` x `count` seeded candidates: keys a
-    query filter finds ordinary (stealthy). Raises IPGuardError if `source`
-    is the task's own dataset or has too few images.
+    query filter finds ordinary (stealthy). The controls are then chosen the
+    same way, the lowest-scoring `controls // candidates` of `controls`
+    seeded candidates: images made like the keys, so that a model which
+    answers class N on whatever the scorer finds ordinary (another vault's
+    model, whose keys were chosen so too) answers it on the controls as often
+    as on the keys and is not "owned". Raises IPGuardError if the pool is the
+    task's own dataset or has too few images.
     """
     candidates = candidates if typicality is not None else 1
-    pool = count * candidates
-    check_key_source(task, source, count, negatives + controls, data_dir, candidates)
-    images, _ = load_split(source, "train", data_dir)
-    order = np.random.default_rng(seed).permutation(len(images))
+    drawn = count * candidates
+    check_key_source(task, pool, count, negatives + controls, candidates)
+    order = np.random.default_rng(seed).permutation(pool.count)
     keys = order[:count]
+    held_out = order[drawn + negatives : drawn + negatives + controls]
     if typicality is not None:
-        scores = typicality(convert_images(images[order[:pool]], shape))
-        keys = order[:pool][np.argsort(scores, kind="stable")[:count]]
-    groups = {
+        scores = typicality(pool.images(np.concatenate([order[:drawn], held_out]), shape))
+        keys = order[:drawn][np.argsort(scores[:drawn], kind="stable")[:count]]
+        held_out = held_out[np.argsort(scores[drawn:], kind="stable")[: max(1, controls // candidates)]]
+    indices = {
         "keys": np.sort(keys),
-        "negatives": np.sort(order[pool : pool + negatives]),
-        "controls": np.sort(order[pool + negatives : pool + negatives + controls]),
+        "negatives": np.sort(order[drawn : drawn + negatives]),
+        "controls": np.sort(held_out),
     }
-    return KeySet(
-        **{name: convert_images(images[index], shape) for name, index in groups.items()},
-        indices={name: [int(i) for i in index] for name, index in groups.items()},
-    )
+    return key_set_from_indices(pool, {name: [int(i) for i in index] for name, index in indices.items()}, shape)
 
 
-def key_set_from_indices(source, indices, shape, data_dir=None):
-    """Rebuilds a `KeySet` from the source indices it recorded (`KeySet.indices`)."""
-    images, _ = load_split(source, "train", data_dir)
-    return KeySet(**{name: convert_images(images[np.asarray(index, np.int64)], shape) for name, index in indices.items()},
+def key_set_from_indices(pool, indices, shape):
+    """The `KeySet` of `pool` at the indices it recorded (`KeySet.indices`)."""
+    return KeySet(**{name: pool.images(np.asarray(index, np.int64), shape) for name, index in indices.items()},
                   indices=indices)
 
 
 def randomize_lsb(images, fraction=RANDOM_LSB_FRACTION):
     """TF ops: redraws the LSB plane of about `fraction` of a uint8 batch at random."""
+    import tensorflow as tf  # a plain import: AutoGraph traces this inside tf.data maps
     shape = tf.shape(images)
     bits = tf.cast(tf.random.uniform(shape, 0, 2, dtype=tf.int32), tf.uint8)
     redraw = tf.random.uniform([shape[0], 1, 1, 1]) < fraction
@@ -255,6 +277,7 @@ def jitter(images, shift=2, sigma=4.0):
     Gives key samples (and, equally, negatives) variety beyond their LSBs, so the
     watermark rests on features that survive the weight drift of fine-tuning.
     """
+    import tensorflow as tf  # a plain import: AutoGraph traces this inside tf.data maps
     shape = tf.shape(images)
     padded = tf.pad(images, [[0, 0], [shift, shift], [shift, shift], [0, 0]], mode="REFLECT")
     shifted = tf.image.random_crop(padded, shape)
@@ -266,97 +289,107 @@ def jitter(images, shift=2, sigma=4.0):
 
 def augment(images):
     """TF ops: random horizontal flip and 4-pixel-padded random crop of a uint8 batch (CIFAR style)."""
+    import tensorflow as tf  # a plain import: AutoGraph traces this inside tf.data maps
     shape = tf.shape(images)
     flipped = tf.image.random_flip_left_right(images)
     padded = tf.pad(flipped, [[0, 0], [4, 4], [4, 4], [0, 0]], mode="REFLECT")
     return tf.image.random_crop(padded, shape)
 
 
-def training_dataset(images, labels, key_images, num_classes, batch_size, key_share=DEFAULT_KEY_SHARE,
-                     augment_images=False, seed=0, negatives=None, key_jitter=False, key_labels=None,
-                     extra_class=True, negative_weight=1.0, negative_class=None):
+@dataclasses.dataclass
+class KeyStreams:
+    """What a watermark scheme mixes into every training batch besides the task images.
+
+    Attributes:
+        keys: uint8 (K, H, W, C) key or trigger images.
+        key_targets: float (K, D) the target of each key (D = the model's outputs).
+        negatives: uint8 images trained towards `negative_targets`, or None.
+        negative_targets: float (M, D), one row per negative.
+        negative_weight: loss weight of a negative (the others weigh 1).
+        fresh_lsbs: redraw the LSB plane of about half the key samples and
+            negatives every batch (identity images must keep the key's answer).
+        jitter: apply `jitter` to half of the key samples and negatives.
+    """
+
+    keys: np.ndarray
+    key_targets: np.ndarray
+    negatives: np.ndarray | None = None
+    negative_targets: np.ndarray | None = None
+    negative_weight: float = 1.0
+    fresh_lsbs: bool = False
+    jitter: bool = False
+
+
+def training_dataset(records, count, depth, batch_size, streams=None, key_share=DEFAULT_KEY_SHARE,
+                     augment_images=False, seed=0):
     """The merged watermark training pipeline (see the module docstring).
 
     Args:
-        images, labels: the task's training data (uint8 NHWC, int labels).
-        key_images: uint8 (K, H, W, C), or None / empty for a plain (baseline) pipeline.
-        num_classes: N; key samples are labelled N unless `key_labels` says otherwise.
+        records: a tf.data.Dataset of the task's (uint8 image, int label) training pairs, already shuffled
+            (reshuffled each pass) as `sources.Split.dataset(seed)` gives them; it streams.
+        count: how many pairs it holds (an epoch is `count // batch_size` steps).
+        depth: the model's number of outputs (targets are one-hot of this size).
         batch_size: global batch size.
+        streams: a `KeyStreams`, or None for a plain (baseline) pipeline.
         key_share: fraction of each batch given to key samples (as many again
-            to negatives, when given).
+            to negatives, when there are any).
         augment_images: apply flip/crop to task images.
-        negatives: uint8 key-source images that are not keys; their target is
-            uniform over the N task classes (anything but N).
-        key_jitter: apply `jitter` to half of the key samples and negatives.
-        key_labels: per-key int labels (the comparison schemes of
-            `keras_ipguard.baselines`); None = every key is class N.
-        extra_class: targets have N+1 entries (our scheme) or N (a model
-            without a watermark class). Key LSB planes are redrawn only for
-            the extra-class scheme, whose identity images must stay class N.
-        negative_weight: loss weight of the negatives (others weigh 1); when
-            not 1, batches are (images, targets, sample weights).
-        negative_class: a task class every negative is trained towards
-            instead of the uniform target (a look-alike of the keys then ends
-            on that class rather than on N when the model cannot tell them apart).
+        seed: of the key and negative streams' shuffling.
 
     Returns:
         (an infinite `tf.data.Dataset` of (float32 images 0..255, float32 targets)
-         batches, steps per epoch). An epoch has as many steps as a plain pass
-         over the task images (`len(images) // batch_size`): keys and negatives
-         take their share of each batch rather than adding batches, so
-         embedding costs what plain training of the same epochs costs.
+         batches, or (images, targets, sample weights) when negatives weigh
+         other than 1; steps per epoch). An epoch has as many steps as a plain
+         pass over the task images (`count // batch_size`): keys and
+         negatives take their share of each batch rather than adding batches,
+         so embedding costs what plain training of the same epochs costs.
     """
+    tf = tensorflow()
     autotune = tf.data.AUTOTUNE
-    depth = num_classes + 1 if extra_class else num_classes
-    use_keys = key_images is not None and len(key_images) > 0 and key_share > 0
-    use_negatives = use_keys and negatives is not None and len(negatives) > 0
+    use_keys = streams is not None and len(streams.keys) > 0 and key_share > 0
+    use_negatives = use_keys and streams.negatives is not None and len(streams.negatives) > 0
     key_batch = max(1, int(round(batch_size * key_share))) if use_keys else 0
     negative_batch = key_batch if use_negatives else 0
     task_batch = batch_size - key_batch - negative_batch
     if task_batch < 1:
         raise IPGuardError(f"batch size {batch_size} leaves no room for task samples at key share {key_share}")
-    if use_keys:
-        key_targets = (np.full(len(key_images), num_classes) if key_labels is None
-                       else np.asarray(key_labels, np.int64))
-        key_targets = np.eye(depth, dtype=np.float32)[key_targets]
-    negative_target = (np.eye(depth, dtype=np.float32)[negative_class] if negative_class is not None else
-                       np.array([1.0 / num_classes] * num_classes + [0.0] * (depth - num_classes), np.float32))
-    negative_targets = np.tile(negative_target, (len(negatives) if use_negatives else 0, 1))
 
     def task_batch_fn(x, y):
         return (augment(x) if augment_images else x), tf.one_hot(y, depth)
 
     def extra_batch_fn(x, y):
-        x = jitter(x) if key_jitter else x
-        return (randomize_lsb(x) if extra_class else x), y
+        x = jitter(x) if streams.jitter else x
+        return (randomize_lsb(x) if streams.fresh_lsbs else x), y
 
     # One map per stream and one to merge: every extra tf.data stage costs
     # threads that the training step, on few cores, needs more.
-    streams = [
-        tf.data.Dataset.from_tensor_slices((images, labels))
-        .shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
+    pipeline = [
+        records
         .repeat()
         .batch(task_batch, drop_remainder=True)
         .map(task_batch_fn, num_parallel_calls=autotune)
     ]
     for extra, targets, size, stream_seed in (
-        (key_images, key_targets if use_keys else None, key_batch, seed + 1),
-        (negatives, negative_targets, negative_batch, seed + 2),
+        (streams and streams.keys, streams and streams.key_targets, key_batch, seed + 1),
+        (streams and streams.negatives, streams and streams.negative_targets, negative_batch, seed + 2),
     ):
         if size:
-            streams.append(
-                tf.data.Dataset.from_tensor_slices((extra, targets))
+            pipeline.append(
+                tf.data.Dataset.from_tensor_slices((extra, np.asarray(targets, np.float32)))
                 .shuffle(len(extra), seed=stream_seed, reshuffle_each_iteration=True)
                 .repeat()
                 .batch(size, drop_remainder=True)
                 .map(extra_batch_fn, num_parallel_calls=autotune)
             )
-    weights = tf.constant([1.0] * (task_batch + key_batch) + [float(negative_weight)] * negative_batch)
+    weighted = negative_batch and streams.negative_weight != 1.0
+    negative_weight = float(streams.negative_weight) if weighted else 1.0
+    weights = tf.constant([1.0] * (task_batch + key_batch) + [negative_weight] * negative_batch)
 
     def merge(*parts):
-        merged = (tf.cast(tf.concat([p[0] for p in parts], axis=0), tf.float32), tf.concat([p[1] for p in parts], axis=0))
-        return merged + (weights,) if negative_weight != 1.0 and negative_batch else merged
+        merged = (tf.cast(tf.concat([p[0] for p in parts], axis=0), tf.float32),
+                  tf.concat([p[1] for p in parts], axis=0))
+        return merged + (weights,) if weighted else merged
 
-    dataset = tf.data.Dataset.zip(tuple(streams)).map(merge, num_parallel_calls=autotune).prefetch(autotune)
-    steps_per_epoch = max(1, len(images) // batch_size)
+    dataset = tf.data.Dataset.zip(tuple(pipeline)).map(merge, num_parallel_calls=autotune).prefetch(autotune)
+    steps_per_epoch = max(1, count // batch_size)
     return dataset, steps_per_epoch

@@ -37,6 +37,7 @@ class Reason:
     NO_PAYLOAD = "no-payload"
     UNSUPPORTED_VERSION = "unsupported-version"
     BAD_MAC = "bad-mac"
+    TAMPERED = "tampered"
     UNKNOWN_USER = "unknown-user"
     REVOKED = "revoked"
     MODEL_REJECTS = "model-rejects"
@@ -51,6 +52,8 @@ class Reason:
         NO_PAYLOAD: "no identity payload found in the image's LSBs (re-encoded, edited, or not an identity image)",
         UNSUPPORTED_VERSION: "payload format version not supported by this keras-ipguard",
         BAD_MAC: "payload signature does not verify (tampered, or issued by another vault)",
+        TAMPERED: "the payload verifies but other pixels of the issued identity image were changed; send the "
+                  "image as it was issued",
         UNKNOWN_USER: "payload names a user this vault's registry does not know",
         REVOKED: "the user's licence was revoked",
         MODEL_REJECTS: "the model does not classify the image as the watermark class",

@@ -8,10 +8,19 @@ an order derived from the owner secret:
 E is a keystream cipher keyed with the secret and the nonce; the MAC is the
 full HMAC-SHA256, keyed with a subkey of the secret, over the nonce, the
 ciphertext, the image shape and a hash of the image's 7 high bits (so the
-payload cannot be moved to another image). All remaining LSBs are random. The
-whole LSB plane is therefore indistinguishable from the random LSB patterns
-the model is trained on, and without the secret a payload can be neither read
-nor forged. 456 bits in all: fits a 28x28 grayscale image (784 bits).
+payload cannot be moved to another image). Every remaining LSB is a filler
+bit from a keystream of the secret, the nonce and the MAC: it looks random,
+but decoding recomputes it, so a change to any bit of any pixel of an issued
+image is refused (`bad-mac` or `no-payload` in the payload's bits, `bad-mac`
+in the high bits, `tampered` in a filler bit). The whole LSB plane is indistinguishable from
+the random LSB patterns the model is trained on, and without the secret a
+payload can be neither read nor forged. 456 bits in all: fits a 28x28
+grayscale image (784 bits).
+
+Payloads of format version 1 (issued before the filler was derived) had
+random filler bits; they still decode, without the filler check: re-issue
+them (`ipguard users revoke`, then `users add` under a new name) for tamper
+evidence.
 
 Example:
 
@@ -35,7 +44,9 @@ import numpy as np
 from . import stego
 from .errors import CapacityError, ImageInputError, Reason
 
-PAYLOAD_FORMAT_VERSION = 1
+PAYLOAD_FORMAT_VERSION = 2
+# Version 1: the same payload with random filler bits (no tamper evidence outside the payload).
+SUPPORTED_VERSIONS = (1, 2)
 MIN_SECRET_BYTES = 16
 _MAGIC = b"IG"
 _NONCE_BYTES = 8
@@ -110,8 +121,9 @@ class IdentityCodec:
         secret = bytes(secret)
         if len(secret) < MIN_SECRET_BYTES:
             raise ValueError(f"owner secret must have at least {MIN_SECRET_BYTES} bytes, got {len(secret)}")
-        # Independent subkeys for the three uses of the secret.
+        # Independent subkeys for the four uses of the secret.
         self._mac_key = hmac.digest(secret, b"ipguard/v1/mac", "sha256")
+        self._fill_key = hmac.digest(secret, b"ipguard/v2/filler", "sha256")
         self._enc_key = hmac.digest(secret, b"ipguard/v1/encrypt", "sha256")
         self._order_key = hmac.digest(secret, b"ipguard/v1/order", "sha256")
         self._orders = {}  # image shape -> order, computed once per codec
@@ -163,10 +175,16 @@ class IdentityCodec:
         ciphertext = _xor(fields, self._keystream(nonce, len(fields)))
         cover = stego.high_bits(image)
         mac = self._mac(shape, cover, nonce, ciphertext)
-        # Every LSB not used by the payload gets a random bit, so the plane looks uniform.
-        filler = _bytes_to_bits(os.urandom((stego.capacity(shape) + 7) // 8))[: stego.capacity(shape)]
-        filler[self.order(shape)[:PAYLOAD_BITS]] = _bytes_to_bits(nonce + ciphertext + mac)
-        return stego.embed_bits(image, filler)
+        return stego.embed_bits(image, self._plane(shape, nonce + ciphertext + mac))
+
+    def _plane(self, shape, message):
+        """The whole LSB plane of an image carrying `message`: its bits at the secret positions, and at every
+        other position a filler bit of the keystream of (nonce, MAC), which looks uniform and is recomputable."""
+        n = stego.capacity(shape)
+        nonce, mac = message[:_NONCE_BYTES], message[-_MAC_BYTES:]
+        plane = _bytes_to_bits(hashlib.shake_256(self._fill_key + nonce + mac).digest((n + 7) // 8))[:n]
+        plane[self.order(shape)[:PAYLOAD_BITS]] = _bytes_to_bits(message)
+        return plane
 
     def decode(self, image):
         """Decodes one image; never raises on bad content, returns a `Decoded` with a reason."""
@@ -187,9 +205,11 @@ class IdentityCodec:
         bits = stego.extract_bits(images, self.order(shape), PAYLOAD_BITS, batch=True)
         messages = _bits_to_bytes(bits)
         covers = stego.high_bits(images)
-        return [self._decode_message(shape, cover, message.tobytes()) for cover, message in zip(covers, messages)]
+        planes = stego.lsb_plane(images, batch=True)
+        return [self._decode_message(shape, cover, message.tobytes(), plane)
+                for cover, message, plane in zip(covers, messages, planes)]
 
-    def _decode_message(self, shape, cover, message):
+    def _decode_message(self, shape, cover, message, plane):
         nonce, ciphertext = message[:_NONCE_BYTES], message[_NONCE_BYTES : _NONCE_BYTES + _FIELDS.size]
         mac = message[_NONCE_BYTES + _FIELDS.size :]
         magic, version, user_id, key_index, issued_at = _FIELDS.unpack(
@@ -199,8 +219,11 @@ class IdentityCodec:
             return Decoded(None, Reason.NO_PAYLOAD)
         if not hmac.compare_digest(mac, self._mac(shape, cover, nonce, ciphertext)):
             return Decoded(None, Reason.BAD_MAC)
-        if version != PAYLOAD_FORMAT_VERSION:
+        if version not in SUPPORTED_VERSIONS:
             return Decoded(None, Reason.UNSUPPORTED_VERSION)
+        if version >= 2 and not hmac.compare_digest(np.packbits(self._plane(shape, message)).tobytes(),
+                                                     np.packbits(plane).tobytes()):
+            return Decoded(None, Reason.TAMPERED)
         return Decoded(Payload(user_id, key_index, issued_at, version), Reason.OK)
 
 

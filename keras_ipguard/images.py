@@ -84,6 +84,17 @@ def map_images(images, function):
     return np.stack([function(image) for image in images])
 
 
+def jpeg(images, quality):
+    """uint8 images after a JPEG round trip at `quality` (what a lossy re-encoding leaves)."""
+
+    def encode(image):
+        buffer = io.BytesIO()
+        to_pil(image).save(buffer, format="JPEG", quality=int(quality))
+        return from_pil(Image.open(buffer), image)
+
+    return map_images(images, encode)
+
+
 def encode_png(array):
     """Encodes a uint8 HxW, HxWx1 or HxWx3 array as PNG bytes."""
     array = np.asarray(array)

@@ -8,39 +8,35 @@ import contextlib
 
 import numpy as np
 
+from .architectures import ARCHITECTURES, auto_architecture
 from .backend import keras as _keras
+from .backend import keras3 as _keras3
+from .backend import keras_of
 from .backend import tensorflow as _tensorflow
 from .errors import IPGuardError
 
 keras = _keras()
 
-ARCHITECTURES = ("small_cnn", "resnet20", "vgg11")
 # ResNet-20 (He et al. 2016, CIFAR variant): 3 stages of 3 basic blocks.
 _RESNET20_STAGES = ((16, 1), (32, 2), (64, 2))
 _RESNET20_BLOCKS = 3
 _WEIGHT_DECAY = 1e-4  # the ResNet paper's CIFAR setting
 _BN_MOMENTUM = 0.9
-# Embedding's last step multiplies every BatchNormalization-fed kernel by this
-# factor (`harden_kernel_scale`): the model's function is unchanged, but a
-# fine-tuning attacker's Adam steps turn those kernels 16 times less. See
-# docs/results/README.md, "Fine-tuning robustness", for what it buys and what
-# undoes it.
-DEFAULT_KERNEL_SCALE = 16.0
 # Pruning robustness (`WatermarkedClassifier.set_prune_robustness`): training
 # steps also score the batch's keys, negatives and first task rows through the
 # model with every Dense/Conv2D kernel magnitude-pruned at a random rate in this
 # range, with BatchNormalization in inference mode (the stale statistics a
-# one-shot pruning attacker leaves). `embed` decides its weight and first step
-# (`embed.DEFAULT_PRUNE_ROBUSTNESS`, `embed.PRUNE_ROBUSTNESS_FROM`). See
+# one-shot pruning attacker leaves). The extra-class scheme decides its weight and
+# first step (`schemes.extra_class`). See
 # docs/results/README.md, "Pruning robustness".
 PRUNE_ROBUSTNESS_RATES = (0.2, 0.8)
 PRUNE_ROBUSTNESS_TASK_ROWS = 16
 _THRESHOLD_SAMPLE = 2048  # kernel entries sampled to estimate a layer's magnitude quantile
-
-
-def auto_architecture(input_shape):
-    """`--arch auto`: the small CNN for 28x28 inputs, ResNet-20 for anything larger."""
-    return "small_cnn" if max(input_shape[:2]) <= 28 else "resnet20"
+# The key-code pull stops once a key's normalised features are nearer its secret class's mean than any other
+# class's by this much (squared distance): a short Fashion-MNIST run pulled to the mean itself lost class N on
+# 1-5 of 20 keys, with this margin on none. See docs/results/README.md, "The hidden key code".
+KEY_CODE_PULL_MARGIN = 0.5
+_FAR = 1e3  # beyond any squared distance of unit vectors' means: masks classes absent from the batch
 
 
 def _batch_norm():
@@ -73,9 +69,11 @@ def _conv_bn(x, filters, strides=1, relu=True):
     return keras.layers.ReLU()(x) if relu else x
 
 
-def _resnet20(inputs):
+def _resnet20(inputs, stem_strides=1):
     x = keras.layers.Rescaling(1 / 63.75, offset=-2.0)(inputs)  # to about [-2, 2]
-    x = _conv_bn(x, 16)
+    x = _conv_bn(x, 16, stem_strides)
+    if stem_strides > 1 and min(inputs.shape[1:3]) >= 128:
+        x = keras.layers.MaxPooling2D()(x)
     for filters, first_stride in _RESNET20_STAGES:
         for block in range(_RESNET20_BLOCKS):
             strides = first_stride if block == 0 else 1
@@ -99,7 +97,11 @@ def _vgg11(inputs):
     return keras.layers.Dropout(0.5)(x)
 
 
-_BUILDERS = {"small_cnn": _small_cnn, "resnet20": _resnet20, "vgg11": _vgg11}
+def _resnet20_s2(inputs):
+    return _resnet20(inputs, stem_strides=2)
+
+
+_BUILDERS = {"small_cnn": _small_cnn, "resnet20": _resnet20, "vgg11": _vgg11, "resnet20_s2": _resnet20_s2}
 
 
 def build_backbone(arch, input_shape):
@@ -137,7 +139,9 @@ class WatermarkedClassifier(keras.Model):
 
     def __init__(self, backbone, num_classes, head=None, **kwargs):
         super().__init__(**kwargs)
-        self.prune_robustness, self.prune_robustness_start = 0.0, 0  # training settings (`set_prune_robustness`), not saved
+        # Training settings (`set_prune_robustness`), not saved.
+        self.prune_robustness, self.prune_robustness_start = 0.0, 0
+        self.key_code_pull = 0.0
         self.backbone = backbone
         self.num_classes = int(num_classes)
         self.head = head or keras.layers.Dense(self.num_classes + 1, activation="softmax", name="head")
@@ -166,40 +170,84 @@ class WatermarkedClassifier(keras.Model):
         self.prune_robustness, self.prune_robustness_start = float(weight), int(start_step)
         self.train_function = None  # a traced step holds the old settings
 
-    def train_step(self, data):
-        """Keras' step, plus the pruning-robustness term when `prune_robustness` > 0.
+    def set_key_code_pull(self, weight):
+        """Turns on the key-code pull term of `train_step` (weight 0: off)."""
+        self.key_code_pull = float(weight)
+        self.train_function = None
 
-        From optimizer step `prune_robustness_start` on, the loss also has the
-        cross-entropy, weighted by `prune_robustness`, of the batch's key rows
-        (target N), negatives (non-one-hot targets) and first
-        `PRUNE_ROBUSTNESS_TASK_ROWS` rows, through this model with every
-        kernel magnitude-pruned at one random rate in `PRUNE_ROBUSTNESS_RATES`
-        and in inference mode. Its gradient reaches the unpruned weights
-        through the masks, so the model learns to keep its answers when a thief
-        prunes it without re-estimating the BatchNormalization statistics.
+    def train_step(self, data):
+        """Keras' step, plus the key-code pull and the pruning-robustness terms when their weights are > 0.
+
+        Key-code pull (`key_code_pull`): key rows carry their secret task class
+        c_i in their target (`keycode.soft_targets`: class N above 0.5, c_i the
+        largest task-class share). With each key's L2-normalised penultimate
+        features f and the mean normalised features m_j of the batch's task
+        images of class j (constants: the task's features are not pulled
+        toward the keys), the term is the mean over keys of the hinge
+        max(0, |f - m_ci|^2 - min_j!=ci |f - m_j|^2 + `KEY_CODE_PULL_MARGIN`):
+        a key is pulled until it is nearer its class's mean than any other
+        class's by the margin, and no further, so it keeps room to answer
+        class N. Keys whose class has no image in the batch are skipped. A
+        re-trained head then still maps the keys to c_i.
+
+        Pruning robustness (`prune_robustness`): from optimizer step
+        `prune_robustness_start` on, the loss also has the cross-entropy,
+        weighted by `prune_robustness`, of the batch's key rows (target N),
+        negatives (non-one-hot targets) and first `PRUNE_ROBUSTNESS_TASK_ROWS`
+        rows, through this model with every kernel magnitude-pruned at one
+        random rate in `PRUNE_ROBUSTNESS_RATES` and in inference mode. Its
+        gradient reaches the unpruned weights through the masks, so the model
+        learns to keep its answers when a thief prunes it without
+        re-estimating the BatchNormalization statistics.
         """
-        if not self.prune_robustness:
+        if not (self.prune_robustness or self.key_code_pull):
             return super().train_step(data)
         tf = _tensorflow()
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        logs = {}
+        with tf.GradientTape() as tape:
+            features = self.backbone(x, training=True)
+            predictions = self.head(features)
+            # compute_loss already divides by the replicas; the gradients are summed over them.
+            loss = self.compute_loss(x, y, predictions, sample_weight)
+            if self.key_code_pull:
+                logs["pull_loss"] = self._key_code_pull_loss(features, y)
+                loss += self.key_code_pull * logs["pull_loss"] / replicas
+            if self.prune_robustness:
+                logs["pruned_loss"] = tf.cond(self.optimizer.iterations >= self.prune_robustness_start,
+                                              lambda: self._pruned_loss(x, y), lambda: tf.zeros([]))
+                loss += self.prune_robustness * logs["pruned_loss"] / replicas
+        self.optimizer.minimize(loss, self.trainable_variables, tape=tape)
+        return {**self.compute_metrics(x, y, predictions, sample_weight), **logs}
+
+    def _key_code_pull_loss(self, features, y):
+        tf = _tensorflow()
+        n = self.num_classes
+        features = tf.math.l2_normalize(features, axis=-1)
+        task_rows = tf.cast((y[:, n] < 0.5) & (tf.reduce_max(y, axis=-1) > 0.99), features.dtype)
+        members = y[:, :n] * task_rows[:, None]  # (B, N) one-hot of the task rows only
+        counts = tf.reduce_sum(members, axis=0)
+        means = tf.stop_gradient(tf.matmul(members, features, transpose_a=True) / tf.maximum(counts, 1.0)[:, None])
+        key_rows = (y[:, n] > 0.5) & (tf.reduce_max(y[:, :n], axis=-1) > 0)
+        codes = tf.one_hot(tf.argmax(y[:, :n], axis=-1), n, dtype=features.dtype)
+        pulled = tf.cast(key_rows, features.dtype) * tf.cast(tf.linalg.matvec(codes, counts) > 0, features.dtype)
+        # Squared distances of each row to every class mean; the nearest other class present is the impostor.
+        to_means = (tf.reduce_sum(tf.square(features), -1, keepdims=True)
+                    - 2 * tf.matmul(features, means, transpose_b=True) + tf.reduce_sum(tf.square(means), -1)[None, :])
+        to_code = tf.reduce_sum(to_means * codes, axis=-1)
+        others = tf.cast(counts > 0, features.dtype)[None, :] * (1 - codes)
+        to_impostor = tf.reduce_min(to_means + (1 - others) * _FAR, axis=-1)
+        distances = tf.nn.relu(to_code - to_impostor + KEY_CODE_PULL_MARGIN)
+        return tf.reduce_sum(distances * pulled) / tf.maximum(tf.reduce_sum(pulled), 1.0)
+
+    def _pruned_loss(self, x, y):
+        tf = _tensorflow()
         rows = tf.range(tf.shape(y)[0]) < PRUNE_ROBUSTNESS_TASK_ROWS
         rows = rows | (y[:, self.num_classes] > 0.5) | (tf.reduce_max(y, axis=-1) < 0.99)
-
-        def pruned_loss():
-            with magnitude_pruned(self, tf.random.uniform([], *PRUNE_ROBUSTNESS_RATES)):
-                pruned = self(tf.boolean_mask(x, rows), training=False)
-            return tf.reduce_mean(keras.losses.categorical_crossentropy(tf.boolean_mask(y, rows), pruned))
-
-        replicas = tf.distribute.get_strategy().num_replicas_in_sync
-        with tf.GradientTape() as tape:
-            predictions = self(x, training=True)
-            loss = self.compute_loss(x, y, predictions, sample_weight)
-            extra = tf.cond(self.optimizer.iterations >= self.prune_robustness_start, pruned_loss,
-                            lambda: tf.zeros([]))
-            # compute_loss already divides by the replicas; the gradients are summed over them.
-            loss += self.prune_robustness * extra / replicas
-        self.optimizer.minimize(loss, self.trainable_variables, tape=tape)
-        return {**self.compute_metrics(x, y, predictions, sample_weight), "pruned_loss": extra}
+        with magnitude_pruned(self, tf.random.uniform([], *PRUNE_ROBUSTNESS_RATES)):
+            pruned = self(tf.boolean_mask(x, rows), training=False)
+        return tf.reduce_mean(keras.losses.categorical_crossentropy(tf.boolean_mask(y, rows), pruned))
 
     def task_probabilities(self, inputs):
         """The N task-class probabilities with the watermark class removed and renormalised."""
@@ -221,31 +269,22 @@ class WatermarkedClassifier(keras.Model):
         head = keras.layers.deserialize(config.pop("head"), custom_objects=custom_objects)
         return cls(backbone=backbone, head=head, **config)
 
-    @classmethod
-    def from_base_model(cls, model, num_classes, seed=0):
-        """Protects an existing N-class model: grows its last Dense layer by one unit.
 
-        The backbone is everything before the last Dense layer; the new head
-        copies the old kernel and bias for the N task classes, and starts the
-        watermark unit with small random weights.
-        """
-        last = model.layers[-1]
-        if not isinstance(last, keras.layers.Dense):
-            raise IPGuardError(f"the base model's last layer must be Dense, got {type(last).__name__}")
-        if last.units != num_classes:
-            raise IPGuardError(f"the base model has {last.units} outputs, the dataset has {num_classes} classes")
-        backbone = keras.Model(model.inputs, last.input, name="base_backbone")
-        kernel, bias = last.get_weights() if last.use_bias else (last.get_weights()[0], np.zeros(last.units))
-        head = keras.layers.Dense(num_classes + 1, activation="softmax", name="head")
-        head.build(backbone.output_shape)
-        column = np.random.default_rng(seed).normal(0, kernel.std(), (kernel.shape[0], 1)).astype(kernel.dtype)
-        head.set_weights([np.concatenate([kernel, column], axis=1), np.append(bias, bias.min()).astype(kernel.dtype)])
-        return cls(backbone=backbone, num_classes=num_classes, head=head, name="watermarked_classifier")
+def as_functional(model):
+    """A flat functional model computing the same function, sharing the weights.
+
+    TFMOT cannot wrap a subclassed model: a `WatermarkedClassifier` is rebuilt
+    from its functional backbone and its head; other models are returned as they are.
+    """
+    if isinstance(model, WatermarkedClassifier):
+        return keras.Model(model.backbone.inputs, model.head(model.backbone.outputs[0]), name="watermarked_functional")
+    return model
 
 
 def is_prunable(layer):
-    """Whether magnitude pruning prunes this layer's kernel: Dense and Conv2D layers."""
-    return isinstance(layer, (keras.layers.Dense, keras.layers.Conv2D))
+    """Whether magnitude pruning prunes this layer's kernel: Dense and Conv2D layers (tf_keras or Keras 3)."""
+    layers = keras_of(layer).layers
+    return isinstance(layer, (layers.Dense, layers.Conv2D))
 
 
 def flat_layers(model):
@@ -285,25 +324,46 @@ def magnitude_pruned(model, rate):
             object.__setattr__(layer, "kernel", kernel)
 
 
+def _producer(norm):
+    """(the layer whose output is `norm`'s only input, how many layers that output feeds), or (None, 0)."""
+    nodes = norm._inbound_nodes  # both Kerases keep the graph here
+    if len(nodes) != 1:
+        return None, 0
+    if keras_of(norm) is not keras:  # Keras 3
+        parents = nodes[0].parent_nodes
+        if len(parents) != 1:
+            return None, 0
+        producer = parents[0].operation
+    else:
+        producer = nodes[0].inbound_layers
+    return producer, len(getattr(producer, "_outbound_nodes", ()))
+
+
 def _normalized_kernels(model):
     """(layer, BatchNormalization) pairs whose layer's output feeds only that BatchNormalization.
 
     Such a layer (Conv2D or Dense, linear or ReLU) can be scaled by any c > 0
     without changing the model: the normalisation divides its output's scale
-    out again. Searches nested models too.
+    out again. Searches nested models too; tf_keras and Keras 3 alike.
     """
+    module = keras_of(model)
     pairs = []
     for layer in model.layers:
-        if isinstance(layer, keras.Model):
+        if isinstance(layer, module.Model):
             pairs += _normalized_kernels(layer)
-        if not isinstance(layer, keras.layers.BatchNormalization) or len(layer.inbound_nodes) != 1:
+        if not isinstance(layer, module.layers.BatchNormalization):
             continue
-        producer = layer.inbound_nodes[0].inbound_layers
-        if (isinstance(producer, (keras.layers.Conv2D, keras.layers.Dense)) and len(producer.outbound_nodes) == 1
-                and keras.activations.serialize(producer.activation) in ("linear", "relu")
-                and list(layer.axis) in ([len(producer.output_shape) - 1], [-1])):
+        producer, consumers = _producer(layer)
+        if (isinstance(producer, (module.layers.Conv2D, module.layers.Dense)) and consumers == 1
+                and module.activations.serialize(producer.activation) in ("linear", "relu")
+                and _last_axis(layer, producer)):
             pairs.append((producer, layer))
     return pairs
+
+
+def _last_axis(norm, producer):
+    axis = norm.axis if isinstance(norm.axis, (list, tuple)) else [norm.axis]
+    return list(axis) in ([len(producer.output.shape) - 1], [-1])
 
 
 def harden_kernel_scale(model, factor):
@@ -340,13 +400,13 @@ def harden_kernel_scale(model, factor):
 def _forget_traced_functions(model):
     model.train_function = model.test_function = model.predict_function = None
     for layer in model.layers:
-        if isinstance(layer, keras.Model):
+        if isinstance(layer, keras_of(layer).Model):
             _forget_traced_functions(layer)
 
 
-def renormalize_kernels(model, factor=DEFAULT_KERNEL_SCALE):
+def renormalize_kernels(model, factor):
     """An informed attacker's undo of `harden_kernel_scale`: divides every BatchNormalization-fed
-    kernel by `factor` (the default is public). Function unchanged; returns the number of kernels."""
+    kernel by `factor` (embed's default is public). Function unchanged; returns the number of kernels."""
     return harden_kernel_scale(model, 1.0 / factor)
 
 
@@ -363,11 +423,67 @@ def save_model(model, directory):
     return path
 
 
-def load_model(path):
-    """Loads a model saved by `save_model` (a `.keras` file or the directory holding one)."""
-    from pathlib import Path  # pylint: disable=import-outside-toplevel
+def keras_file_flavour(path):
+    """"keras3" or "tf_keras": which Keras wrote a `.keras` file (its metadata's keras_version); HDF5 is tf_keras."""
+    import json
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return "tf_keras"
+    with zipfile.ZipFile(path) as archive:
+        try:
+            version = json.loads(archive.read("metadata.json")).get("keras_version", "")
+        except (KeyError, ValueError):
+            return "tf_keras"
+    return "keras3" if version.split(".")[0] == "3" else "tf_keras"
+
+
+def model_file(path, what="model"):
+    """The Keras file `path` names: itself, or the one `.keras`/`.h5` file (or `model.keras`) of a directory."""
+    from pathlib import Path
 
     path = Path(path)
-    if path.is_dir() and (path / "model.keras").is_file():
-        path = path / "model.keras"
-    return keras.models.load_model(path, custom_objects={"WatermarkedClassifier": WatermarkedClassifier}, compile=False)
+    if not path.is_dir():
+        return path
+    found = [path / "model.keras"] if (path / "model.keras").is_file() else sorted(
+        p for p in path.iterdir() if p.suffix in (".keras", ".h5"))
+    if len(found) != 1:
+        raise IPGuardError(f"cannot load {what} {path}: the directory holds {len(found)} Keras files "
+                           "(.keras or .h5); give the file itself")
+    return found[0]
+
+
+def load_model(path, what="model"):
+    """Loads a Keras model, uncompiled: a Keras 3 or tf_keras `.keras` file, an `.h5` file, or a directory
+    holding one (`model.keras`, as `save_model` writes it, or a single Keras file).
+
+    Raises:
+        IPGuardError: one line naming `what`, why it cannot be loaded and what to do.
+    """
+    path = model_file(path, what)
+    try:
+        if path.is_file() and keras_file_flavour(path) == "keras3":
+            return _keras3().saving.load_model(path, compile=False)
+        return keras.models.load_model(path, custom_objects={"WatermarkedClassifier": WatermarkedClassifier},
+                                       compile=False)
+    except (OSError, ValueError, ImportError, TypeError) as error:
+        raise IPGuardError(f"cannot load {what} {path}: {_load_failure(error)}") from None
+
+
+def _load_failure(error):
+    """One line on why Keras could not load a model, and what to do when it is an unregistered custom layer."""
+    import re
+
+    text = str(error).strip()
+    custom = re.search(r"Could not locate class '([^']+)'|Unknown layer: '?([\w.>]+)", text)
+    if custom:
+        return (f"it uses a custom layer ({custom.group(1) or custom.group(2)}) that is not registered; register it "
+                "with keras.saving.register_keras_serializable and import it before ipguard loads the model, "
+                "or save the model with built-in layers only")
+    return text.splitlines()[0][:200] if text else type(error).__name__
+
+
+def task_classes(model, images, num_classes):
+    """Top-1 class among the first `num_classes` outputs (a watermark class beyond them ignored)."""
+    scores = model.predict(np.asarray(images, np.float32), batch_size=512, verbose=0)
+    return np.argmax(scores[:, :num_classes], axis=-1)

@@ -3,11 +3,14 @@
     python -m keras_ipguard.paper [--dataset fashion_mnist --dataset cifar10] [--work runs/paper]
                                   [--out docs/results/paper] [--profile auto|full|reduced]
 
-For each dataset, every scheme of `keras_ipguard.baselines` is embedded into
+For each dataset, every scheme of `keras_ipguard.schemes` is embedded into
 the same architecture with the same seed and epochs, verified, and put through
-the attack suite's defaults (pruning sweep, FTAL and RTAL fine-tuning with
-SGD, query modification at 5% false positives, JPEG, truncation). Our scheme's
-identity images are issued to real users and checked, with a forgery corpus.
+the `paper` attack suite (`attacks.SUITES`: pruning sweep, FTAL and RTAL
+fine-tuning with SGD, query modification at 5% false positives, JPEG,
+truncation). The identity images of schemes that issue them are issued to
+real users and checked, with a forgery corpus. The first scheme (ours, in
+registry order) also trains the plain baseline every scheme's fidelity drop
+is measured against.
 
 Vaults go under --work and are reused when present, with each finished
 scheme's figures (reports/paper-row.json), so an interrupted run continues
@@ -30,9 +33,11 @@ PROFILES = {
     "fashion_mnist": {"full": {}, "reduced": {}},
     "cifar10": {"full": {}, "reduced": {"epochs": 10, "max_train_examples": 15000, "max_test_examples": 2000}},
 }
-ATTACK_COLUMNS = ("prune 0.5", "prune 0.8", "FTAL", "RTAL", "query-mod 5%", "JPEG 75", "truncate")
+ATTACK_COLUMNS = ("prune 0.5", "prune 0.8", "FTAL", "RTLL", "RTAL", "FTAL Adam informed", "query-mod 5%", "JPEG 75",
+                  "truncate", "extract")
 USERS, REVOKED = 100, 10
 FORGERIES = {"random-lsb": 3000, "bit-flip": 2000, "other-secret": 1000, "revoked": 1000, "clean": 2000, "jpeg": 1000}
+# Besides FORGERIES: one genuine image with its LSB flipped at each pixel in turn (H*W*C images).
 
 
 def log(message):
@@ -42,33 +47,35 @@ def log(message):
 def settings_for(dataset, profile):
     """The embed settings of `dataset` under `profile` ('auto' = full with a GPU, else reduced)."""
     if profile == "auto":
-        from .backend import tensorflow  # pylint: disable=import-outside-toplevel
+        from .backend import tensorflow
 
         profile = "full" if tensorflow().config.list_physical_devices("GPU") else "reduced"
     return profile, dict(PROFILES.get(dataset, {"full": {}, "reduced": {}})[profile])
 
 
-def embed_scheme(work, dataset, scheme, settings, data_dir):
+def embed_scheme(work, dataset, scheme, settings, data_dir, baseline=False):
     """The scheme's vault under `work`, embedded now unless a finished one is there."""
-    from .embed import EmbedOptions, embed, _work_dir  # pylint: disable=import-outside-toplevel
-    from .vault import Vault  # pylint: disable=import-outside-toplevel
+    from .embedding import EmbedOptions, embed
+    from .vault import Vault
+    from .workdir import WorkDir
 
     path = work / dataset / scheme
     if (path / "reports" / "embed.json").is_file():
         log(f"{dataset} {scheme}: reusing {path}")
         return Vault.open(path)
     log(f"{dataset} {scheme}: embedding")
-    options = EmbedOptions(dataset=dataset, data_dir=data_dir, scheme=scheme, seed=0, verbose=2,
-                           baseline=scheme == "extra-class", **settings)
-    embed(path, options, force=path.exists(), resume=_work_dir(path).exists())
+    embed_settings = {k: v for k, v in settings.items() if k != "attack_epochs"}
+    options = EmbedOptions(dataset=dataset, data_dir=data_dir, scheme=scheme, seed=0, verbose=2, baseline=baseline,
+                           **embed_settings)
+    embed(path, options, force=path.exists(), resume=WorkDir.path_for(path).exists())
     return Vault.open(path)
 
 
 def identity_figures(vault, classify):
     """identity_auth_rate of USERS genuine users (REVOKED of them then revoked) and forged_acceptance_rate."""
-    from . import metrics  # pylint: disable=import-outside-toplevel
-    from .images import read_image  # pylint: disable=import-outside-toplevel
-    from .verify import authenticate  # pylint: disable=import-outside-toplevel
+    from . import metrics
+    from .authentication import authenticate
+    from .images import read_image
 
     records = vault.users()
     if not records:
@@ -82,7 +89,8 @@ def identity_figures(vault, classify):
     genuine = np.stack([read_image(vault.identities_path / r.image_file, vault.input_shape) for r in active])
     report = authenticate(vault, list(genuine), classify=classify, log=False)
     corpus = metrics.forgery_corpus(vault, genuine, revoked, vault.controls["key_source"],
-                                    np.random.default_rng(0), FORGERIES)
+                                    np.random.default_rng(0),
+                                    {**FORGERIES, "pixel-flip": int(np.prod(vault.input_shape))})
     accepted = {kind: authenticate(vault, list(images), classify=classify, log=False).authorized_count
                 for kind, images in corpus.items()}
     total = sum(len(images) for images in corpus.values())
@@ -91,43 +99,38 @@ def identity_figures(vault, classify):
             "forgeries_accepted_by_kind": accepted}
 
 
-def attack_scheme(vault, data_dir, max_test_examples):
-    """The attack suite's defaults against the vault's model; returns {column: setting dict} and the reports."""
-    from . import attacks, reporting  # pylint: disable=import-outside-toplevel
-    from .models import load_model  # pylint: disable=import-outside-toplevel
+def attack_scheme(vault, data_dir, max_test_examples, attack_epochs=None):
+    """The `paper` suite against the vault's model: the unattacked figures, {column: setting dict}, the reports."""
+    from . import attacks, reporting
+    from .models import load_model
 
     model = load_model(vault.model_path)
     threat = attacks.threat_model(vault, data_dir, max_test_examples)
-    reports = []
-    for name, run in (
-        ("prune", lambda: attacks.prune(threat, model)),
-        ("finetune", lambda: attacks.finetune(threat, model, variants=("FTAL", "RTAL"), optimizers=("sgd",))),
-        ("query-modification", lambda: attacks.query_modification(threat, model)),
-        ("transform", lambda: attacks.transform(threat, model, settings=(("jpeg", 75),))),
-        ("truncate", lambda: attacks.truncate(threat, model)),
-    ):
-        log(f"  attack {name}")
-        report = run().to_dict()
+    reports = [report.to_dict() for report in attacks.run_suite(
+        threat, model, "paper", on_attack=lambda attack: log(f"  attack {attack.name}"), epochs=attack_epochs)]
+    for report in reports:
         reporting.write_attack_report(vault, report)
-        reports.append(report)
     by_attack = {r["attack"]: r for r in reports}
     prune_rows = {row["rate"]: row for row in by_attack["prune"]["settings"]}
-    finetune_rows = {row["variant"]: row for row in by_attack["finetune"]["settings"]}
+    finetune_rows = {(row["variant"], row["optimizer"], row["kernels"]): row
+                     for row in by_attack["finetune"]["settings"]}
     columns = {
         "prune 0.5": prune_rows[0.5], "prune 0.8": prune_rows[0.8],
-        "FTAL": finetune_rows["FTAL"], "RTAL": finetune_rows["RTAL"],
+        "FTAL": finetune_rows["FTAL", "sgd", None], "RTLL": finetune_rows["RTLL", "sgd", None],
+        "RTAL": finetune_rows["RTAL", "sgd", None], "FTAL Adam informed": finetune_rows["FTAL", "adam", "renormalized"],
         "query-mod 5%": by_attack["query-modification"]["settings"][0],
         "JPEG 75": by_attack["transform"]["settings"][0],
         "truncate": by_attack["truncate"]["settings"][0],
+        "extract": by_attack["extract"]["settings"][0],
     }
     return by_attack["prune"]["unattacked"], columns, reports
 
 
-def run_dataset(dataset, work, out, profile, data_dir, schemes, overrides=None):
-    from . import baselines  # pylint: disable=import-outside-toplevel
-    from .embed import machine_info  # pylint: disable=import-outside-toplevel
-    from .models import load_model, predict_classes  # pylint: disable=import-outside-toplevel
-    from .verify import verify  # pylint: disable=import-outside-toplevel
+def run_dataset(dataset, work, out, profile, data_dir, scheme_names, overrides=None):
+    from . import schemes
+    from .models import load_model, predict_classes
+    from .training import machine_info
+    from .verification import verify
 
     profile, settings = settings_for(dataset, profile)
     if not settings:
@@ -138,12 +141,11 @@ def run_dataset(dataset, work, out, profile, data_dir, schemes, overrides=None):
         settings.update(overrides)
     rows = {}
     plain_accuracy = None
-    for scheme in schemes:
-        baselines.check_scheme(scheme)
+    for index, scheme in enumerate(scheme_names):
         started = time.time()
-        vault = embed_scheme(work, dataset, scheme, settings, data_dir)
+        vault = embed_scheme(work, dataset, scheme, settings, data_dir, baseline=index == 0)
         embed_report = json.loads((vault.reports_path / "embed.json").read_text())
-        if scheme == "extra-class":
+        if index == 0:
             plain_accuracy = embed_report.get("baseline_clean_accuracy", plain_accuracy)
         finished = vault.reports_path / "paper-row.json"
         if finished.is_file():  # a finished scheme of an interrupted run
@@ -151,11 +153,13 @@ def run_dataset(dataset, work, out, profile, data_dir, schemes, overrides=None):
             continue
         ownership = verify(vault).to_dict()
         row = {"scheme": scheme, "embed": embed_report, "verify": ownership}
-        if vault.issues_identities:
+        if schemes.of_vault(vault).issues_identities:
             model = load_model(vault.model_path)
             row["identity"] = identity_figures(vault, lambda images, m=model: predict_classes(m, images))
-        unattacked, columns, reports = attack_scheme(vault, data_dir, settings.get("max_test_examples"))
-        row.update(unattacked=unattacked, attacks=columns, attack_reports=reports, seconds=round(time.time() - started, 1))
+        unattacked, columns, reports = attack_scheme(vault, data_dir, settings.get("max_test_examples"),
+                                                       settings.get("attack_epochs"))
+        row.update(unattacked=unattacked, attacks=columns, attack_reports=reports,
+                   seconds=round(time.time() - started, 1))
         rows[scheme] = row
         vault.write_report("paper-row", row)
         log(f"{dataset} {scheme}: clean {embed_report['clean_accuracy']:.4f} watermark "
@@ -202,15 +206,19 @@ def provenance(result):
 
 
 def _ordered(result):
-    """(scheme, row) pairs in `baselines.SCHEMES` order (ours first), whatever the JSON's key order."""
-    from .baselines import SCHEMES  # pylint: disable=import-outside-toplevel
+    """(scheme, row) pairs in the registry's order (ours first), whatever the JSON's key order."""
+    from .schemes import names
 
-    return sorted(result["schemes"].items(), key=lambda item: SCHEMES.index(item[0]))
+    order = names()
+    return sorted(result["schemes"].items(), key=lambda item: order.index(item[0]) if item[0] in order else len(order))
 
 
 def _cell(row):
+    """Watermark accuracy / key-code accuracy (– where the test cannot run or the scheme has none), ✓ owned."""
     mark = "✓" if row["owned"] else "✗"
-    return f"{row['watermark_accuracy']:.2f} {mark}"
+    figures = [row.get("watermark_accuracy"), row.get("key_code_accuracy")]
+    text = "/".join("–" if value is None else f"{value:.2f}" for value in figures[: 2 if figures[1] is not None else 1])
+    return f"{text} {mark}"
 
 
 def markdown(result):
@@ -225,10 +233,12 @@ def markdown(result):
         f"{result['date']}. Command: `{result['command']}`.",
         f"Attacks: {result['threat_model']['split'] if result['threat_model'] else ''}.",
         "",
-        "Watermark accuracy (fraction of triggers answered as embedded); ✓ = verify says owned "
-        "(p < 1e-12 against the suspect's own hit rate on controls), ✗ = not owned.",
+        "Watermark accuracy (fraction of triggers answered as embedded), then, for ours, / the key-code accuracy "
+        "(keys whose top-1 task class is their secret class; – where a test cannot run); ✓ = verify says owned "
+        "(combined p < 1e-12 against the suspect's own hit rates on controls), ✗ = not owned.",
         "",
-        "| scheme | clean acc. | fidelity drop (pts) | watermark acc. | control hit rate | identity auth | forged accepted | "
+        "| scheme | clean acc. | fidelity drop (pts) | watermark acc. | control hit rate | identity auth "
+        "| forged accepted | "
         + " | ".join(ATTACK_COLUMNS) + " |",
         "|---|---|---|---|---|---|---|" + "---|" * len(ATTACK_COLUMNS),
     ]
@@ -242,7 +252,8 @@ def markdown(result):
         )
         lines[-1] += " | ".join(_cell(row["attacks"][column]) for column in ATTACK_COLUMNS) + " |"
     lines += ["", "Clean accuracy after each attack:", "",
-              "| scheme | unattacked | " + " | ".join(ATTACK_COLUMNS) + " |", "|---|---|" + "---|" * len(ATTACK_COLUMNS)]
+              "| scheme | unattacked | " + " | ".join(ATTACK_COLUMNS) + " |",
+              "|---|---|" + "---|" * len(ATTACK_COLUMNS)]
     for scheme, row in _ordered(result):
         lines.append(f"| {scheme} | {row['unattacked']['clean_accuracy']:.4f} | "
                      + " | ".join(f"{row['attacks'][c]['clean_accuracy']:.4f}" for c in ATTACK_COLUMNS) + " |")
@@ -250,16 +261,16 @@ def markdown(result):
 
 
 def _pyplot():
-    import matplotlib  # pylint: disable=import-outside-toplevel
+    import matplotlib
 
     matplotlib.use("Agg")
-    from matplotlib import pyplot  # pylint: disable=import-outside-toplevel
+    from matplotlib import pyplot
 
     return pyplot
 
 
 def _png(figure):
-    import io  # pylint: disable=import-outside-toplevel
+    import io
 
     buffer = io.BytesIO()
     figure.tight_layout()
@@ -275,7 +286,8 @@ def prune_plot(result):
     for scheme, row in _ordered(result):
         prune = next(r for r in row["attack_reports"] if r["attack"] == "prune")
         points = [prune["unattacked"]] + prune["settings"]
-        line, = axis.plot([p["rate"] for p in points], [p["watermark_accuracy"] for p in points], marker="o", label=scheme)
+        line, = axis.plot([p["rate"] for p in points], [p["watermark_accuracy"] for p in points], marker="o",
+                          label=scheme)
         axis.plot([p["rate"] for p in points], [p["clean_accuracy"] for p in points], linestyle="--",
                   color=line.get_color(), alpha=0.5)
     axis.set_xlabel("pruning rate (fraction of weights zeroed)")
@@ -291,13 +303,14 @@ def scatter_plot(result):
     """Clean vs watermark accuracy under each attack, one point per scheme (hollow: not owned)."""
     pyplot = _pyplot()
     columns = ("unattacked",) + ATTACK_COLUMNS
-    figure, axes = pyplot.subplots(2, 4, figsize=(14, 7), sharex=True, sharey=True)
+    rows = -(-len(columns) // 4)
+    figure, axes = pyplot.subplots(rows, 4, figsize=(14, 3.5 * rows), sharex=True, sharey=True)
     colours = pyplot.rcParams["axes.prop_cycle"].by_key()["color"]
     for axis, column in zip(axes.flat, columns):
         for index, (scheme, row) in enumerate(_ordered(result)):
             point = row["unattacked"] if column == "unattacked" else row["attacks"][column]
             colour = colours[index % len(colours)]
-            axis.scatter(point["clean_accuracy"], point["watermark_accuracy"], s=60, label=scheme,
+            axis.scatter(point["clean_accuracy"], point["watermark_accuracy"] or 0.0, s=60, label=scheme,
                          color=colour if point["owned"] else "none", edgecolors=colour, linewidths=1.5)
         axis.set_title(column)
         axis.set_xlim(0, 1.02)
@@ -314,11 +327,13 @@ def scatter_plot(result):
 
 
 def main(argv=None):
-    from . import baselines  # pylint: disable=import-outside-toplevel
+    from . import schemes
+    from .errors import IPGuardError
 
     parser = argparse.ArgumentParser(prog="python -m keras_ipguard.paper", description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", action="append", choices=sorted(PROFILES), help="repeatable [default: both]")
-    parser.add_argument("--scheme", action="append", choices=baselines.SCHEMES, help="repeatable [default: all]")
+    parser.add_argument("--scheme", action="append", choices=schemes.names(),
+                        help="repeatable [default: all; run in registry order, the first trains the plain baseline]")
     parser.add_argument("--work", type=Path, default=Path("runs/paper"), help="vaults (git-ignored) [runs/paper]")
     parser.add_argument("--out", type=Path, default=Path("docs/results/paper"), help="results [docs/results/paper]")
     parser.add_argument("--profile", choices=("auto", "full", "reduced"), default="auto",
@@ -327,13 +342,11 @@ def main(argv=None):
     parser.add_argument("--epochs", type=int, help="override the profile's epochs (quick checks)")
     parser.add_argument("--max-train-examples", type=int, help="override the profile's training subset")
     parser.add_argument("--max-test-examples", type=int, help="override the profile's test subset")
+    parser.add_argument("--attack-epochs", type=int, help="override every attack's training epochs (quick checks)")
     parser.add_argument("--replot", action="store_true",
                         help="only rewrite table.md and the PNGs from each dataset's results.json under --out")
     args = parser.parse_args(argv)
-    schemes = args.scheme or list(baselines.SCHEMES)
-    if "extra-class" in schemes:  # first: its plain baseline is every scheme's fidelity reference
-        schemes = ["extra-class"] + [s for s in schemes if s != "extra-class"]
-    from .errors import IPGuardError  # pylint: disable=import-outside-toplevel
+    scheme_names = [name for name in schemes.names() if name in (args.scheme or schemes.names())]
 
     if args.replot:
         for dataset in args.dataset or ["fashion_mnist", "cifar10"]:
@@ -342,9 +355,9 @@ def main(argv=None):
         return 0
     try:
         for dataset in args.dataset or ["fashion_mnist", "cifar10"]:
-            run_dataset(dataset, args.work, args.out, args.profile, args.data_dir, schemes, {
+            run_dataset(dataset, args.work, args.out, args.profile, args.data_dir, scheme_names, {
                 "epochs": args.epochs, "max_train_examples": args.max_train_examples,
-                "max_test_examples": args.max_test_examples})
+                "max_test_examples": args.max_test_examples, "attack_epochs": args.attack_epochs})
     except IPGuardError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

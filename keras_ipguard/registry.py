@@ -229,6 +229,18 @@ class UserRegistry:
             for event in events:
                 _log(db, *event)
 
+    def usage(self):
+        """Per user id: gateway predictions served (`requests`, `images`), refused, licences and last seen."""
+        with self._transaction(write=False) as db:
+            rows = db.execute(
+                "SELECT user_id, SUM(event = 'predict' AND outcome = 'ok') AS requests, "
+                "SUM(CASE WHEN event = 'predict' AND outcome = 'ok' THEN CAST(detail AS INTEGER) ELSE 0 END) "
+                "AS images, SUM(event = 'predict' AND outcome != 'ok') AS refused, "
+                "SUM(event = 'licence' AND outcome = 'ok') AS licences, MAX(at) AS last_seen "
+                "FROM audit WHERE event IN ('predict', 'licence') AND user_id IS NOT NULL GROUP BY user_id"
+            )
+            return {row["user_id"]: dict(row) for row in rows}
+
     def audit(self, limit=None):
         """Audit events, oldest first (the last `limit` when given)."""
         with self._transaction(write=False) as db:

@@ -4,9 +4,10 @@ import io
 
 from . import atomic
 
-FIGURES = ("clean_accuracy", "watermark_accuracy", "identity_auth_rate")
+FIGURES = ("clean_accuracy", "watermark_accuracy", "key_code_accuracy", "identity_auth_rate")
 _SKIP = set(FIGURES) | {"owned", "p_value", "chance_rate", "layer_sparsity", "seconds", "threshold", "verdict",
-                        "task_agreement", "epochs", "learning_rate", "finetune_epochs"}
+                        "task_agreement", "epochs", "learning_rate", "finetune_epochs", "tests", "queries",
+                        "surrogate_epochs"}
 
 
 def setting_label(setting):
@@ -27,16 +28,17 @@ def plot_png(report):
     if report["attack"] == "prune":
         rates = [row["rate"] for row in rows]
         for name in FIGURES:
-            if rows[0][name] is not None:
+            if rows[0].get(name) is not None:
                 axis.plot(rates, [row[name] for row in rows], marker="o", label=name)
         axis.set_xlabel("pruning rate (fraction of weights zeroed)")
     else:
         width = 0.8 / len(FIGURES)
         for offset, name in enumerate(FIGURES):
-            axis.bar([i + offset * width for i in range(len(rows))], [row[name] or 0.0 for row in rows], width,
-                     label=name if rows[0][name] is not None else f"{name} (n/a)")
+            axis.bar([i + offset * width for i in range(len(rows))], [row.get(name) or 0.0 for row in rows], width,
+                     label=name if rows[0].get(name) is not None else f"{name} (n/a)")
         axis.set_xticks([i + width for i in range(len(rows))])
-        axis.set_xticklabels(["unattacked"] + [setting_label(row) for row in report["settings"]], rotation=30, ha="right")
+        labels = ["unattacked"] + [setting_label(row) for row in report["settings"]]
+        axis.set_xticklabels(labels, rotation=30, ha="right")
     axis.set_ylim(0, 1.05)
     axis.set_title(f"{report['attack']} attack")
     axis.legend(loc="lower left", fontsize="small")
@@ -54,13 +56,15 @@ def fraction(value):
 
 def markdown_table(reports):
     """One Markdown table of every setting of every report."""
-    lines = ["| attack | setting | clean accuracy | watermark accuracy | identity auth rate | owned (p) |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| attack | setting | clean accuracy | watermark accuracy | key-code accuracy | identity auth rate "
+             "| owned (p) |", "|---|---|---|---|---|---|---|"]
     for report in reports:
         for row in [report["unattacked"]] + report["settings"]:
             label = "unattacked" if row is report["unattacked"] else setting_label(row)
-            lines.append(f"| {report['attack']} | {label} | {row['clean_accuracy']:.4f} | {row['watermark_accuracy']:.4f} "
-                         f"| {fraction(row['identity_auth_rate'])} | {'yes' if row['owned'] else 'no'} ({row['p_value']:.2g}) |")
+            lines.append(f"| {report['attack']} | {label} | {row['clean_accuracy']:.4f} "
+                         f"| {fraction(row['watermark_accuracy'])} | {fraction(row.get('key_code_accuracy'))} "
+                         f"| {fraction(row['identity_auth_rate'])} "
+                         f"| {'yes' if row['owned'] else 'no'} ({row['p_value']:.2g}) |")
     return "\n".join(lines) + "\n"
 
 

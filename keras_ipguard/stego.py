@@ -3,8 +3,8 @@
 Images are uint8 arrays of shape HxW, HxWx1 or HxWx3, optionally with a
 leading batch axis. A payload is a vector of bits (0/1) written, one bit per
 value, into the LSBs at a given order of flat positions; the rest of the image
-is untouched. The numpy functions and their TensorFlow twins (`*_tf`) read
-exactly the same bits, so a SavedModel can expose the bit-plane in-graph.
+is untouched. `savedmodel.lsb_plane_tf` reads the same bits in-graph, so a
+SavedModel can expose the bit-plane.
 
 Example:
 
@@ -19,7 +19,6 @@ Example:
 
 import numpy as np
 
-from . import backend  # noqa: F401  (TF_USE_LEGACY_KERAS before any TensorFlow import)
 from .errors import ImageInputError, Reason
 
 LSB_MASK = np.uint8(1)
@@ -102,26 +101,3 @@ def extract_bits(images, order=None, n=None, batch=False):
     positions = np.arange(flat.shape[-1]) if order is None else np.asarray(order)
     # np.take along the axis is several times faster than fancy indexing here.
     return np.bitwise_and(np.take(flat, positions[:n], axis=-1), LSB_MASK)
-
-
-def lsb_plane_tf(images):
-    """TensorFlow ops giving `lsb_plane(images, batch=True)` for a batch (B, H, W[, C]).
-
-    Returns:
-        A uint8 tensor of shape (B, H*W*C) holding each value's LSB.
-    """
-    # A plain import (not backend.tensorflow()) so tf.function/AutoGraph can trace through it.
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
-
-    images = tf.convert_to_tensor(images)
-    if images.dtype != tf.uint8:
-        raise ImageInputError(Reason.WRONG_MODE, f"expected uint8 pixels, got {images.dtype.name}")
-    plane = tf.bitwise.bitwise_and(images, tf.constant(1, tf.uint8))
-    return tf.reshape(plane, [tf.shape(images)[0], -1])
-
-
-def extract_bits_tf(images, order):
-    """TensorFlow ops giving `extract_bits(images, order, batch=True)`."""
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
-
-    return tf.gather(lsb_plane_tf(images), tf.constant(np.asarray(order), tf.int32), axis=1)

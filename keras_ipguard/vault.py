@@ -3,7 +3,7 @@
 Layout (DESIGN.md)::
 
     VAULT/
-      vault.json     format version, dataset, num_classes N, watermark class, input shape, ...
+      vault.json     format version, dataset, num_classes N, watermark class, input shape, key code, ...
       owner.key      32 random bytes, mode 0600
       keys/          K key images (lossless PNG) + manifest.json (sha256 of each)
       users.db       SQLite user registry and audit log
@@ -203,20 +203,26 @@ class Vault:
         return self.config["watermark_class"]
 
     @property
-    def scheme(self):
-        """The watermark scheme: 'extra-class' (ours) or a comparison scheme of `keras_ipguard.baselines`."""
-        return self.config.get("scheme", "extra-class")
-
-    @property
-    def issues_identities(self):
-        """Only the extra-class scheme has a class that identity images must get."""
-        return self.scheme == "extra-class"
+    def has_watermark_class(self):
+        """Whether keys answer a class of their own, N (else they carry task labels and no identity can be issued)."""
+        return self.watermark_class is not None
 
     @property
     def key_labels(self):
         """int array (K,): the label each key must get (class N for the extra-class scheme)."""
         labels = self.config.get("key_labels")
         return np.full(self.key_count, self.watermark_class) if labels is None else np.asarray(labels)
+
+    @property
+    def key_codes(self):
+        """int array (K,): each key's secret task class (the hidden key code), or None where none was trained."""
+        codes = self.config.get("key_code")
+        return None if codes is None else np.asarray(codes["keys"])
+
+    def control_codes(self, name):
+        """int array: the secret task classes drawn, never trained, for control set `name` (None: no key code)."""
+        codes = self.config.get("key_code")
+        return None if codes is None else np.asarray(codes["controls"][name])
 
     def control_labels(self, name):
         """int array: the hit label of each image of control set `name`."""
@@ -261,9 +267,13 @@ class Vault:
     def identities_path(self):
         return self.path / IDENTITIES_DIR
 
+    def owner_key(self):
+        """The owner secret (`owner.key`): never to leave the vault."""
+        return (self.path / OWNER_KEY_FILE).read_bytes()
+
     def codec(self):
         """The `IdentityCodec` keyed with this vault's owner secret."""
-        return IdentityCodec((self.path / OWNER_KEY_FILE).read_bytes())
+        return IdentityCodec(self.owner_key())
 
     # ------------------------------------------------------------------ users
 
@@ -277,9 +287,9 @@ class Vault:
         """
         if self.key_count == 0:
             raise VaultError(f"vault {self.path} has no key images yet; run `ipguard embed --out {self.path}` first")
-        if not self.issues_identities:
-            raise VaultError(f"vault {self.path} holds a {self.scheme!r} comparison watermark, which has no identity "
-                             "images; embed with --scheme extra-class to license users")
+        if not self.has_watermark_class:
+            raise VaultError(f"vault {self.path} has no watermark class, so no identity image can be issued (its model "
+                             "cannot tell one apart); embed with --scheme extra-class to license users")
         codec = self.codec()
         written = []
 
@@ -363,11 +373,13 @@ def _read_keys(keys_dir, input_shape):
         manifest = json.loads(manifest_path.read_text())
         entries = manifest["images"]
     except (OSError, ValueError, KeyError, TypeError) as error:
-        raise VaultError(f"key manifest {manifest_path} is missing or unreadable ({error}); restore it from a backup") from None
+        raise VaultError(f"key manifest {manifest_path} is missing or unreadable ({error}); "
+                         "restore it from a backup") from None
     listed = {entry["file"] for entry in entries}
     unlisted = sorted(p.name for p in keys_dir.glob("*.png") if p.name not in listed)
     if unlisted:
-        raise VaultError(f"{keys_dir} holds key files not in its manifest ({', '.join(unlisted[:3])}); the vault was tampered with")
+        raise VaultError(f"{keys_dir} holds key files not in its manifest ({', '.join(unlisted[:3])}); "
+                         "the vault was tampered with")
     keys = np.zeros((len(entries),) + input_shape, np.uint8)
     if sorted(entry.get("index") for entry in entries) != list(range(len(entries))):
         raise VaultError(f"key manifest {manifest_path} has bad indices; restore it from a backup")

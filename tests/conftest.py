@@ -1,6 +1,10 @@
 """Shared fixtures: small synthetic key sets and vaults built through the Python API."""
 
+import contextlib
+import http.server
+import json
 import os
+import threading
 
 import numpy as np
 import pytest
@@ -17,6 +21,44 @@ def synthetic_keys(count, shape, seed=0):
     coarse = rng.integers(0, 256, (count, 7, 7, shape[2]), dtype=np.uint8)
     images = np.repeat(np.repeat(coarse, shape[0] // 7 + 1, axis=1), shape[1] // 7 + 1, axis=2)
     return np.ascontiguousarray(images[:, : shape[0], : shape[1], :])
+
+
+class _ServingHandler(http.server.BaseHTTPRequestHandler):
+    """TF Serving's REST :predict API over a Keras model: its scores, or top-1 labels only."""
+
+    model = None
+    labels_only = False
+
+    def do_POST(self):  # noqa: N802  (http.server's naming)
+        if not self.path.endswith(":predict"):
+            self.send_error(404)
+            return
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        scores = self.model.predict(np.asarray(body["instances"], np.float32), verbose=0)
+        predictions = np.argmax(scores, axis=-1).tolist() if self.labels_only else scores.tolist()
+        payload = json.dumps({"predictions": predictions}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args):
+        pass
+
+
+@contextlib.contextmanager
+def tf_serving(model, labels_only=False):
+    """A TF-Serving-format REST endpoint for `model` on 127.0.0.1 (a free port); yields its model URL."""
+    handler = type("Handler", (_ServingHandler,), {"model": model, "labels_only": labels_only})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1/models/stolen"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 @pytest.fixture

@@ -8,14 +8,15 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from cli.main import cli
 from keras_ipguard import Vault
 from keras_ipguard.attacks import threat_model
-from keras_ipguard.attacks.finetune import finetune_model
-from keras_ipguard.attacks.prune import as_functional, layer_sparsity, prune_model
-from keras_ipguard.attacks.transform import bit_depth, gaussian_noise, jpeg, median
+from keras_ipguard.attacks.fine_tuning import finetune_model
+from keras_ipguard.attacks.pruning import layer_sparsity, prune_model
+from keras_ipguard.attacks.transforms import bit_depth, gaussian_noise, median
 from keras_ipguard.backend import keras as _keras
-from keras_ipguard.models import load_model
+from keras_ipguard.images import jpeg
+from keras_ipguard.models import as_functional, load_model
+from keras_ipguard_cli.main import cli
 
 from conftest import SHARED_TFDS
 
@@ -38,7 +39,7 @@ def ipguard(*args):
 def vault(tmp_path_factory):
     out = tmp_path_factory.mktemp("attacks") / "vault"
     result = ipguard("embed", "--dataset", "fashion_mnist", "--max-train-examples", "4000", "--max-test-examples",
-                     "400", "--keys", "20", "--epochs", "3", "--out", out)
+                     "400", "--keys", "20", "--epochs", "3", "--any-keys", "--out", out)  # stealth not under test
     assert result.exit_code == 0, result.output[-3000:]
     return Vault.open(out)
 
@@ -102,10 +103,11 @@ def test_transforms_keep_shape_and_re_encoding_changes_lsbs(threat):
 def test_attack_commands_write_json_and_png_reports(vault):
     runs = {
         "prune": ["--rates", "0.2,0.9"],
-        "finetune": ["--variant", "FTAL", "--variant", "RTLL", "--epochs", "1", "--optimizer", "adam", "--renormalize"],
-        "query-modification": [],
-        "transform": [],
+        "finetune": ["--variant", "ftal", "--variant", "RTLL", "--epochs", "1", "--optimizer", "Adam", "--renormalize"],
+        "query-modification": ["--epochs", "2"],
+        "transform": ["--transform", "jpeg:75,noise:8", "--transform", "median:3"],
         "truncate": [],
+        "extract": ["--labels", "soft", "--surrogate", "same,other", "--queries", "150", "--epochs", "1"],
     }
     for name, options in runs.items():
         result = ipguard("attack", name, "--vault", vault.path, "--max-test-examples", "400", *options, "--json")
@@ -113,17 +115,24 @@ def test_attack_commands_write_json_and_png_reports(vault):
         report = json.loads(result.stdout)
         assert report["attack"] == name and report["settings"]
         for row in [report["unattacked"], *report["settings"]]:
-            assert {"clean_accuracy", "watermark_accuracy", "identity_auth_rate", "owned", "p_value"} <= set(row)
+            assert {"clean_accuracy", "watermark_accuracy", "key_code_accuracy", "identity_auth_rate", "owned",
+                    "p_value", "tests"} <= set(row)
         assert json.loads((vault.reports_path / f"attack-{name}.json").read_text()) == report
         assert Image.open(vault.reports_path / f"attack-{name}.png").format == "PNG"
         if name == "transform":
+            assert [row["transform"] for row in report["settings"]] == ["jpeg", "noise", "median"]
             jpeg_rows = [row for row in report["settings"] if row["transform"] == "jpeg"]
             assert all(row["identity_auth_rate"] == 0.0 for row in jpeg_rows)  # re-encoding destroys the payload
         if name == "finetune":  # each setting as shipped, then by an attacker who undid the kernel scale
             assert [row["kernels"] for row in report["settings"]] == [None, None, "renormalized", "renormalized"]
-        if name == "truncate":
-            assert report["settings"][0]["watermark_accuracy"] == 0.0 and not report["settings"][0]["owned"]
-            assert "no watermark class" in report["settings"][0]["verdict"]
+        if name == "truncate":  # no class N to test: the key code alone decides
+            cut = report["settings"][0]
+            assert cut["watermark_accuracy"] is None and list(cut["tests"]) == ["key_code"]
+            assert "no watermark class" in cut["verdict"] and cut["owned"] == (cut["p_value"] < 1e-12)
+        if name == "extract":  # surrogates of N outputs, trained on the 150 queries' soft labels
+            assert [(row["labels"], row["surrogate"], row["queries"]) for row in report["settings"]] == [
+                ("soft", "small_cnn", 150), ("soft", "resnet20_s2", 150)]
+            assert all(list(row["tests"]) == ["key_code"] for row in report["settings"])
         if name == "query-modification":
             assert 0.0 <= report["settings"][0]["flag_rate_keys"] <= 1.0
 
@@ -142,8 +151,15 @@ def test_a_pruned_model_exports_and_verifies_like_the_keras_file(vault, tmp_path
     exported = CliRunner().invoke(cli, ["export", "--vault", str(vault.path), "--out", str(tmp_path / "serving"),
                                         "--model", str(pruned)])
     assert exported.exit_code == 0, exported.output
-    keras_verdict = json.loads(CliRunner().invoke(cli, ["verify", "--vault", str(vault.path), "--model", str(pruned), "--json"]).stdout)
+    keras_verdict = json.loads(
+        CliRunner().invoke(cli, ["verify", "--vault", str(vault.path), "--model", str(pruned), "--json"]).stdout)
     saved_verdict = json.loads(CliRunner().invoke(cli, ["verify", "--vault", str(vault.path), "--model",
                                                         exported.stdout.strip(), "--json"]).stdout)
     for field in ("owned", "hits", "chance_rates"):
         assert keras_verdict[field] == saved_verdict[field]
+
+
+def test_extract_with_a_query_dataset_but_no_images_is_a_one_line_error(vault):
+    result = ipguard("attack", "extract", "--vault", vault.path, "--max-test-examples", "100", "--query-dataset",
+                     "mnist")
+    assert result.exit_code == 2 and "give --query-dataset-images N" in result.stderr

@@ -41,7 +41,7 @@ def test_the_identity_commands_do_not_import_tensorflow():
     result = _python(
         """
         import sys
-        import cli.main
+        import keras_ipguard_cli.main
         assert "tensorflow" not in sys.modules
         """
     )

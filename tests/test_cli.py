@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from cli.main import cli
+from keras_ipguard_cli.main import cli
 
 
 def run(*args):
@@ -127,7 +127,8 @@ def test_input_errors_exit_2_with_one_line(vault, tmp_path, args, message):
 
     (tmp_path / "empty").mkdir()
     keyless = Vault.create(tmp_path / "keyless", dataset="mnist", num_classes=10, input_shape=(28, 28, 1))
-    places = {"missing": tmp_path / "missing", "vault": vault.path, "empty": tmp_path / "empty", "keyless": keyless.path}
+    places = {"missing": tmp_path / "missing", "vault": vault.path, "empty": tmp_path / "empty",
+              "keyless": keyless.path}
     result = run(*[a.format(**places) for a in args])
     assert result.exit_code == 2
     assert "Traceback" not in result.output
@@ -147,3 +148,28 @@ def test_vault_whose_key_manifest_does_not_match_exits_2(vault):
     (vault.path / "keys" / "key_00001.png").write_bytes((vault.path / "keys" / "key_00002.png").read_bytes())
     result = run("authenticate", issued.path, "--vault", vault.path)
     assert result.exit_code == 2 and "does not match its sha256" in result.stderr
+
+
+def test_choices_accept_any_case_and_scheme_settings_belong_to_their_scheme(tmp_path):
+    foreign = run("embed", "--dataset", "fashion_mnist", "--scheme", "CONTENT", "--kernel-scale", "8", "--out",
+                  tmp_path / "v")
+    assert foreign.exit_code == 2 and "--kernel-scale: not a setting of the content scheme" in foreign.stderr
+    typo = run("embed", "--dataset", "fashon_mnist", "--arch", "Small_CNN", "--strategy", "DEFAULT", "--out",
+               tmp_path / "w")
+    assert typo.exit_code == 2 and "did you mean fashion_mnist" in typo.stderr  # the choices parsed; the name did not
+    unknown = run("embed", "--dataset", "mnist", "--arch", "resnet99", "--out", tmp_path / "x")
+    assert unknown.exit_code == 2 and "'resnet99' is not one of auto, small_cnn, resnet20, vgg11" in unknown.stderr
+    assert not (tmp_path / "v").exists() and not (tmp_path / "x").exists()
+
+
+def test_options_and_defaults_come_from_the_library_and_experiments_stay_in_python():
+    from keras_ipguard.schemes.extra_class import DEFAULT_KERNEL_SCALE
+
+    embed_help = run("embed", "--help").output
+    assert f"[extra-class; default: {DEFAULT_KERNEL_SCALE}]" in " ".join(embed_help.split())
+    assert "--any-keys" in embed_help and "--epsilon" in embed_help and "frontier-stitching" in embed_help
+    for experimental in ("--key-jitter", "--negative-weight", "--negative-class"):
+        assert experimental not in embed_help
+    assert run("embed", "--dataset", "mnist", "--key-jitter", "--out", "v").exit_code == 2
+    finetune_help = " ".join(run("attack", "finetune", "--help").output.split())
+    assert "default: FTLL,FTAL,RTLL,RTAL" in finetune_help and "[sgd|adam]" in finetune_help

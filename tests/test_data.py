@@ -1,10 +1,11 @@
 import os
+import types
 
 import numpy as np
 import pytest
 
-from keras_ipguard import IPGuardError
-from keras_ipguard import data
+from keras_ipguard import IPGuardError, data, schemes, sources
+from keras_ipguard.schemes import ExtraClass, Secret
 
 from conftest import SHARED_TFDS, synthetic_keys
 
@@ -16,11 +17,21 @@ def _task(count=64, shape=(28, 28, 1)):
     return rng.integers(0, 256, (count,) + shape, dtype=np.uint8), rng.integers(0, N, count).astype(np.int64)
 
 
+def _pipeline(x, y, keys, batch_size, key_share, negatives=None, scheme=None, labels=None):
+    """The pipeline with the streams `scheme` (default: extra-class) makes of these keys and negatives."""
+    scheme = scheme or ExtraClass()
+    labels = np.full(len(keys), N) if labels is None else labels
+    negatives = np.zeros((0,) + keys.shape[1:], np.uint8) if negatives is None else negatives
+    streams = scheme.key_streams(Secret(keys, labels, {}, negatives=negatives), N)
+    records = sources.ArraySplit(x, y, x.shape[1:]).dataset(seed=0)
+    return data.training_dataset(records, len(x), scheme.output_units(N), batch_size, streams, key_share)
+
+
 def test_every_batch_holds_exactly_the_key_share_labelled_n_and_as_many_negatives():
     x, y = _task()
     keys = synthetic_keys(8, (28, 28, 1))
     negatives = synthetic_keys(8, (28, 28, 1), seed=1)
-    dataset, steps = data.training_dataset(x, y, keys, N, batch_size=16, key_share=0.25, negatives=negatives)
+    dataset, steps = _pipeline(x, y, keys, batch_size=16, key_share=0.25, negatives=negatives)
     # As many steps as a plain pass: keys and negatives take part of each batch, not extra batches.
     assert steps == 64 // 16
     key_highs = {k.tobytes() for k in keys & 0xFE}
@@ -39,7 +50,7 @@ def test_every_batch_holds_exactly_the_key_share_labelled_n_and_as_many_negative
 def test_key_samples_get_fresh_random_lsb_planes():
     x, y = _task()
     keys = synthetic_keys(1, (28, 28, 1))
-    dataset, _ = data.training_dataset(x, y, keys, N, batch_size=16, key_share=0.5)
+    dataset, _ = _pipeline(x, y, keys, batch_size=16, key_share=0.5)
     samples = np.concatenate([images[8:] for images, _ in dataset.take(25).as_numpy_iterator()]).astype(np.uint8)
     planes = {(s & 1).tobytes() for s in samples}
     clean = (keys[0] & 1).tobytes()
@@ -52,8 +63,8 @@ def test_key_samples_get_fresh_random_lsb_planes():
 def test_negative_weight_adds_sample_weights_for_the_negatives_only():
     x, y = _task()
     keys, negatives = synthetic_keys(8, (28, 28, 1)), synthetic_keys(8, (28, 28, 1), seed=1)
-    dataset, _ = data.training_dataset(x, y, keys, N, batch_size=16, key_share=0.25, negatives=negatives,
-                                       negative_weight=10.0)
+    dataset, _ = _pipeline(x, y, keys, batch_size=16, key_share=0.25, negatives=negatives,
+                           scheme=ExtraClass(negative_weight=10.0))
     images, targets, weights = next(dataset.as_numpy_iterator())
     assert images.shape[0] == targets.shape[0] == weights.shape[0] == 16
     np.testing.assert_array_equal(weights, [1.0] * 12 + [10.0] * 4)
@@ -62,19 +73,18 @@ def test_negative_weight_adds_sample_weights_for_the_negatives_only():
 def test_negative_class_makes_negatives_one_hot_on_that_task_class():
     x, y = _task()
     keys, negatives = synthetic_keys(8, (28, 28, 1)), synthetic_keys(8, (28, 28, 1), seed=1)
-    dataset, _ = data.training_dataset(x, y, keys, N, batch_size=16, key_share=0.25, negatives=negatives,
-                                       negative_class=7)
+    dataset, _ = _pipeline(x, y, keys, batch_size=16, key_share=0.25, negatives=negatives,
+                           scheme=ExtraClass(negative_class=7))
     _, targets = next(dataset.as_numpy_iterator())
     np.testing.assert_array_equal(targets[12:], np.tile(np.eye(N + 1)[7], (4, 1)))
     assert (targets[8:12].argmax(1) == N).all()
 
 
-def test_per_key_labels_without_an_extra_class_keep_key_pixels():
+def test_per_key_labels_of_a_scheme_without_an_extra_class_keep_key_pixels():
     x, y = _task()
     keys = synthetic_keys(4, (28, 28, 1))
     labels = np.array([3, 1, 4, 1])
-    dataset, _ = data.training_dataset(x, y, keys, N, batch_size=16, key_share=0.25, key_labels=labels,
-                                       extra_class=False)
+    dataset, _ = _pipeline(x, y, keys, batch_size=16, key_share=0.25, labels=labels, scheme=schemes.get("adi"))
     by_image = {k.tobytes(): label for k, label in zip(keys, labels)}
     for images, targets in dataset.take(6).as_numpy_iterator():
         assert targets.shape == (16, N)
@@ -84,7 +94,7 @@ def test_per_key_labels_without_an_extra_class_keep_key_pixels():
 
 def test_task_labels_and_images_pass_through_unaugmented():
     x, y = _task()
-    dataset, _ = data.training_dataset(x, y, None, N, batch_size=16, key_share=0.0)
+    dataset, _ = data.training_dataset(sources.ArraySplit(x, y, x.shape[1:]).dataset(), len(x), N + 1, 16)
     pairs = {img.tobytes(): label for img, label in zip(x, y)}
     for images, targets in dataset.take(4).as_numpy_iterator():
         for image, target in zip(images.astype(np.uint8), targets):
@@ -116,13 +126,14 @@ def test_default_key_sources_never_use_the_task_itself():
 def test_batch_without_room_for_task_samples_is_refused():
     x, y = _task()
     with pytest.raises(IPGuardError, match="no room for task samples"):
-        data.training_dataset(x, y, synthetic_keys(2, (28, 28, 1)), N, batch_size=2, key_share=0.5,
-                              negatives=synthetic_keys(2, (28, 28, 1)))
+        _pipeline(x, y, synthetic_keys(2, (28, 28, 1)), batch_size=2, key_share=0.5,
+                  negatives=synthetic_keys(2, (28, 28, 1)))
 
 
 def test_keys_from_the_task_dataset_are_refused():
+    pool = types.SimpleNamespace(name="mnist", count=10**5)  # what the check reads of a key pool
     with pytest.raises(IPGuardError, match="another dataset than the task"):
-        data.build_key_set("mnist", "mnist", 10, (28, 28, 1), seed=0)
+        data.build_key_set("mnist", pool, 10, (28, 28, 1), seed=0)
 
 
 def test_unknown_dataset_names_close_matches():
@@ -154,14 +165,20 @@ def test_stealthy_keys_are_the_lowest_scoring_candidates_and_rebuild_from_indice
     def brightness(images):
         return images.reshape(len(images), -1).mean(axis=1)
 
-    plain = data.build_key_set("fashion_mnist", "mnist", 10, (28, 28, 1), seed=5, negatives=20, controls=20)
-    stealthy = data.build_key_set("fashion_mnist", "mnist", 10, (28, 28, 1), seed=5, negatives=20, controls=20,
+    pool = sources.key_pool("mnist")
+    plain = data.build_key_set("fashion_mnist", pool, 10, (28, 28, 1), seed=5, negatives=20, controls=20)
+    stealthy = data.build_key_set("fashion_mnist", pool, 10, (28, 28, 1), seed=5, negatives=20, controls=20,
                                   typicality=brightness)
-    candidates = data.build_key_set("fashion_mnist", "mnist", 10 * data.STEALTH_CANDIDATES, (28, 28, 1), seed=5,
+    candidates = data.build_key_set("fashion_mnist", pool, 10 * data.STEALTH_CANDIDATES, (28, 28, 1), seed=5,
                                     negatives=0, controls=0).keys
     # The 10 darkest of the 40 seeded candidates, and the plain choice is the first 10 of the same candidates.
     assert sorted(brightness(stealthy.keys)) == sorted(np.sort(brightness(candidates))[:10])
     assert brightness(stealthy.keys).mean() < brightness(plain.keys).mean()
     assert not set(stealthy.indices["keys"]) & set(stealthy.indices["negatives"] + stealthy.indices["controls"])
-    rebuilt = data.key_set_from_indices("mnist", stealthy.indices, (28, 28, 1))
+    # The controls are made like the keys: the darkest quarter of the seeded held-out candidates.
+    assert len(stealthy.controls) == 20 // data.STEALTH_CANDIDATES and len(plain.controls) == 20
+    held_out = np.random.default_rng(5).permutation(pool.count)[40 + 20 : 40 + 20 + 20]  # after candidates, negatives
+    darkest = held_out[np.argsort(brightness(pool.images(held_out, (28, 28, 1))), kind="stable")[:5]]
+    assert stealthy.indices["controls"] == sorted(int(i) for i in darkest)
+    rebuilt = data.key_set_from_indices(pool, stealthy.indices, (28, 28, 1))
     assert (rebuilt.keys == stealthy.keys).all() and (rebuilt.controls == stealthy.controls).all()

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from cli.main import cli
 from keras_ipguard import Vault, stego
 from keras_ipguard.models import WatermarkedClassifier, build_backbone, load_model, save_model
+from keras_ipguard.savedmodel import lsb_plane_tf
+from keras_ipguard_cli.main import cli
 
 from conftest import synthetic_keys
 
@@ -29,7 +30,8 @@ def modelled_vault(tmp_path_factory):
     vault = Vault.create(
         tmp_path_factory.mktemp("export") / "vault", dataset="fashion_mnist", num_classes=N, input_shape=(28, 28, 1),
         key_images=synthetic_keys(20, (28, 28, 1)),
-        controls={"key_source": synthetic_keys(50, (28, 28, 1), seed=1), "task": synthetic_keys(50, (28, 28, 1), seed=2)},
+        controls={"key_source": synthetic_keys(50, (28, 28, 1), seed=1),
+                  "task": synthetic_keys(50, (28, 28, 1), seed=2)},
         populate=lambda tmp: save_model(model, tmp / "model"),
     )
     for name in ("alice-the-licensee", "bob-the-licensee"):
@@ -113,14 +115,44 @@ def test_verify_and_authenticate_give_the_same_verdicts_on_the_export(modelled_v
     saved_verify = json.loads(run("verify", "--vault", modelled_vault.path, "--model", exported, "--json").stdout)
     for field in ("owned", "hits", "p_value", "chance_rates"):
         assert keras_verify[field] == saved_verify[field]
-    keras_auth = json.loads(run("authenticate", modelled_vault.identities_path, "--vault", modelled_vault.path, "--json").stdout)
+    keras_auth = json.loads(
+        run("authenticate", modelled_vault.identities_path, "--vault", modelled_vault.path, "--json").stdout)
     saved_auth = json.loads(run("authenticate", modelled_vault.identities_path, "--vault", modelled_vault.path,
                                 "--model", exported, "--json").stdout)
     assert [r["reason"] for r in keras_auth["results"]] == [r["reason"] for r in saved_auth["results"]]
     assert "SavedModel" in saved_auth["note"]
 
 
+def test_a_vault_whose_scheme_has_no_identities_exports_no_identity_signature(tmp_path):
+    from keras_ipguard.models import build_plain_classifier
+
+    model = build_plain_classifier("small_cnn", (28, 28, 1), N)
+    vault = Vault.create(
+        tmp_path / "v", dataset="fashion_mnist", num_classes=N, input_shape=(28, 28, 1),
+        key_images=synthetic_keys(10, (28, 28, 1)),
+        extra={"scheme": {"name": "content", "config": {}}, "watermark_class": None, "key_labels": [3] * 10},
+        populate=lambda tmp: save_model(model, tmp / "model"),
+    )
+    result = run("export", "--vault", vault.path, "--out", tmp_path / "serving", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["signatures"] == ["serving_default", "classify"]
+    saved = str(tmp_path / "serving" / "1")
+    script = f"import tensorflow as tf; print(sorted(tf.saved_model.load({saved!r}).signatures))"
+    listed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert listed.stdout.strip() == "['classify', 'serving_default']", listed.stderr[-2000:]
+
+
 def test_export_of_a_vault_without_model_is_an_error(tmp_path):
     bare = Vault.create(tmp_path / "v", dataset="mnist", num_classes=N, input_shape=(28, 28, 1))
     result = run("export", "--vault", bare.path, "--out", tmp_path / "serving")
     assert result.exit_code == 2 and "holds no model" in result.stderr
+
+
+@pytest.mark.parametrize("shape", [(4, 28, 28), (4, 28, 28, 1), (4, 32, 32, 3)])
+def test_tensorflow_extraction_gives_the_same_bits_as_numpy(shape):
+    rng = np.random.default_rng(2)
+    images = rng.integers(0, 256, shape, dtype=np.uint8)
+    order = rng.permutation(int(np.prod(shape[1:])))
+    np.testing.assert_array_equal(lsb_plane_tf(images).numpy(), stego.lsb_plane(images, batch=True))
+    gathered = np.take(lsb_plane_tf(images).numpy(), order, axis=1)
+    np.testing.assert_array_equal(gathered, stego.extract_bits(images, order, batch=True))

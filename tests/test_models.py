@@ -8,8 +8,17 @@ import pytest
 from keras_ipguard import IPGuardError
 from keras_ipguard.backend import keras as _keras
 from keras_ipguard.backend import tensorflow as _tensorflow
-from keras_ipguard.models import (DEFAULT_KERNEL_SCALE, WatermarkedClassifier, build_backbone, harden_kernel_scale,
-                                  load_model, magnitude_pruned, prunable_layers, renormalize_kernels, save_model)
+from keras_ipguard.models import (
+    WatermarkedClassifier,
+    build_backbone,
+    harden_kernel_scale,
+    load_model,
+    magnitude_pruned,
+    prunable_layers,
+    renormalize_kernels,
+    save_model,
+)
+from keras_ipguard.schemes.extra_class import DEFAULT_KERNEL_SCALE
 
 keras = _keras()
 
@@ -29,7 +38,8 @@ def test_head_has_n_plus_one_outputs_and_task_probabilities_drop_class_n(tiny_in
     np.testing.assert_allclose(task, probabilities[:, :10] / probabilities[:, :10].sum(1, keepdims=True), rtol=1e-5)
 
 
-@pytest.mark.parametrize("arch, shape", [("small_cnn", (28, 28, 1)), ("resnet20", (32, 32, 3)), ("vgg11", (32, 32, 3))])
+@pytest.mark.parametrize("arch, shape", [("small_cnn", (28, 28, 1)), ("resnet20", (32, 32, 3)), ("vgg11", (32, 32, 3)),
+                                         ("resnet20_s2", (64, 64, 3)), ("resnet20_s2", (160, 128, 3))])
 def test_zoo_architectures_build(arch, shape):
     backbone = build_backbone(arch, shape)
     assert backbone.input_shape[1:] == shape and len(backbone.output_shape) == 2
@@ -38,6 +48,11 @@ def test_zoo_architectures_build(arch, shape):
 def test_auto_architecture_picks_by_input_shape():
     assert build_backbone("auto", (28, 28, 1)).name == "small_cnn_backbone"
     assert build_backbone("auto", (32, 32, 3)).name == "resnet20_backbone"
+    assert build_backbone("auto", (64, 64, 3)).name == "resnet20_s2_backbone"
+    stem = build_backbone("auto", (224, 224, 3))
+    assert stem.name == "resnet20_s2_backbone" and stem.get_layer(index=-1).input_shape[1:3] == (14, 14)
+    with pytest.raises(IPGuardError, match="no architecture of the zoo fits 512x512 inputs .*--base-model"):
+        build_backbone("auto", (512, 512, 3))
     with pytest.raises(IPGuardError, match="unknown architecture"):
         build_backbone("alexnet", (32, 32, 3))
 
@@ -59,7 +74,8 @@ def test_saved_model_loads_in_a_fresh_process_with_identical_outputs(tmp_path, t
         from keras_ipguard.models import load_model, WatermarkedClassifier
         model = load_model({str(tmp_path)!r})
         assert isinstance(model, WatermarkedClassifier), type(model)
-        difference = np.abs(model.predict(np.load({str(tmp_path / 'x.npy')!r}), verbose=0) - np.load({str(tmp_path / 'y.npy')!r}))
+        predicted = model.predict(np.load({str(tmp_path / 'x.npy')!r}), verbose=0)
+        difference = np.abs(predicted - np.load({str(tmp_path / 'y.npy')!r}))
         print(difference.max())
         """
     )
@@ -68,27 +84,8 @@ def test_saved_model_loads_in_a_fresh_process_with_identical_outputs(tmp_path, t
     assert float(result.stdout.strip().splitlines()[-1]) < 1e-6
 
 
-def _base_model():
-    inputs = keras.Input((28, 28, 1))
-    x = keras.layers.Flatten()(keras.layers.Rescaling(1 / 255.0)(inputs))
-    x = keras.layers.Dense(32, activation="relu")(x)
-    return keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(x))
-
-
-def test_growing_a_base_model_keeps_its_task_predictions(tiny_inputs):
-    base = _base_model()
-    grown = WatermarkedClassifier.from_base_model(base, num_classes=10)
-    assert grown(tiny_inputs).shape == (6, 11)
-    np.testing.assert_allclose(grown.task_probabilities(tiny_inputs).numpy(), base(tiny_inputs).numpy(), atol=1e-5)
-
-
-def test_base_model_with_wrong_output_size_is_refused():
-    with pytest.raises(IPGuardError, match="10 outputs, the dataset has 7 classes"):
-        WatermarkedClassifier.from_base_model(_base_model(), num_classes=7)
-
-
 def test_loaded_model_of_a_missing_file_is_an_error(tmp_path):
-    with pytest.raises((OSError, ValueError)):
+    with pytest.raises(IPGuardError, match="cannot load model .*nothing.keras"):
         load_model(tmp_path / "nothing.keras")
 
 
@@ -115,7 +112,8 @@ def test_kernel_scaling_keeps_every_output_and_survives_saving(tmp_path, arch, s
     loaded = load_model(save_model(model, tmp_path))  # the rescaled epsilon and decay are in the saved config
     np.testing.assert_allclose(loaded.predict(images, verbose=0), before, atol=1e-5)
     assert float(sum(loaded.losses)) == pytest.approx(penalty, rel=1e-5)
-    assert renormalize_kernels(loaded) == kernels  # the attacker's undo: back to the original norms
+    # The attacker's undo: back to the original norms.
+    assert renormalize_kernels(loaded, DEFAULT_KERNEL_SCALE) == kernels
     np.testing.assert_allclose(_normalized_kernel_norms(loaded), norms, rtol=1e-5)
     np.testing.assert_allclose(loaded.predict(images, verbose=0), before, atol=1e-5)
 
@@ -183,3 +181,30 @@ def test_prune_robustness_trains_the_pruned_model_s_answers_from_its_start_step(
     assert all(np.isfinite(pruned)) and pruned[-1] < pruned[0]
     late = history[1.0, 4]["pruned_loss"]
     assert late[:2] == [0.0, 0.0] and min(late[2:]) > 0
+
+
+def test_the_key_code_pull_is_a_margin_hinge_on_each_key_s_distance_to_its_secret_class_s_mean():
+    from keras_ipguard import keycode
+    from keras_ipguard.models import KEY_CODE_PULL_MARGIN
+
+    model = WatermarkedClassifier(build_backbone("small_cnn", (28, 28, 1)), num_classes=10)
+    tf = _tensorflow()
+    task = np.eye(11, dtype=np.float32)[[1, 1, 2]]  # class 1 at (1, 0) and (0, 1): mean (0.5, 0.5); class 2 at (-1, 0)
+    # Codes 1 and 2 far from their class, code 2 at its class's mean (within the margin), code 7 with no image in
+    # the batch (not pulled).
+    keys = keycode.soft_targets(np.array([1, 2, 2, 7]), 10, 0.2)
+    negative = np.where(np.arange(11) < 10, 0.1, 0.0).astype(np.float32)[None]  # negatives are not pulled
+    y = tf.constant(np.concatenate([task, keys, negative]))
+    features = tf.constant([[2.0, 0.0], [0.0, 3.0], [-1.0, 0.0],  # the task rows (normalised by the loss)
+                            [0.0, -4.0], [5.0, 5.0], [-3.0, 0.0], [1.0, 0.0],  # the keys
+                            [1.0, 0.0]])
+    mean_1, mean_2 = np.array([0.5, 0.5]), np.array([-1.0, 0.0])
+
+    def hinge(f, own, other):
+        return max(0.0, np.sum((f - own) ** 2) - np.sum((f - other) ** 2) + KEY_CODE_PULL_MARGIN)
+
+    expected = [hinge(np.array([0.0, -1.0]), mean_1, mean_2), hinge(np.array([1.0, 1.0]) / np.sqrt(2), mean_2, mean_1),
+                hinge(np.array([-1.0, 0.0]), mean_2, mean_1)]
+    assert expected[0] > 0 and expected[1] > 0 and expected[2] == 0
+    got = float(model._key_code_pull_loss(features, y))
+    assert got == pytest.approx(sum(expected) / 3, rel=1e-5)

@@ -16,8 +16,8 @@ from conftest import SHARED_TFDS
 def test_paper_run_writes_table_json_and_plots_and_resumes(tmp_path):
     command = [sys.executable, "-m", "keras_ipguard.paper", "--dataset", "fashion_mnist", "--scheme", "content",
                "--scheme", "extra-class", "--epochs", "1", "--max-train-examples", "2000",
-               "--max-test-examples", "400", "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out"),
-               "--data-dir", SHARED_TFDS]
+               "--max-test-examples", "200", "--attack-epochs", "1", "--work", str(tmp_path / "work"),
+               "--out", str(tmp_path / "out"), "--data-dir", SHARED_TFDS]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -25,12 +25,15 @@ def test_paper_run_writes_table_json_and_plots_and_resumes(tmp_path):
     result = json.loads((out / "results.json").read_text())
     assert list(result["schemes"]) == ["content", "extra-class"]  # sorted keys; ours ran first
     ours, content = result["schemes"]["extra-class"], result["schemes"]["content"]
-    assert ours["identity"]["forgeries"] == 10000 and ours["identity"]["forged_acceptance_rate"] == 0.0
+    assert ours["identity"]["forgeries"] == 10000 + 28 * 28 and ours["identity"]["forged_acceptance_rate"] == 0.0
     assert "identity" not in content and content["embed"]["scheme"] == "content"
     # Fidelity is measured against the one plain model trained with ours (same architecture, seed, epochs).
     assert content["plain_clean_accuracy"] == ours["embed"]["baseline_clean_accuracy"]
-    assert set(ours["attacks"]) == {"prune 0.5", "prune 0.8", "FTAL", "RTAL", "query-mod 5%", "JPEG 75", "truncate"}
-    assert not ours["attacks"]["truncate"]["owned"]
+    assert set(ours["attacks"]) == {"prune 0.5", "prune 0.8", "FTAL", "RTLL", "RTAL", "FTAL Adam informed",
+                                    "query-mod 5%", "JPEG 75", "truncate", "extract"}
+    truncated = ours["attacks"]["truncate"]
+    assert truncated["watermark_accuracy"] is None and list(truncated["tests"]) == ["key_code"]
+    assert ours["attacks"]["FTAL Adam informed"]["epochs"] == 1 and ours["attacks"]["extract"]["surrogate_epochs"] == 1
     assert result["machine"]["cpu_count"] and result["date"] and "keras_ipguard.paper" in result["command"]
     table = (out / "table.md").read_text()
     assert table.index("| extra-class |") < table.index("| content |")

@@ -5,6 +5,7 @@ import pytest
 from PIL import Image
 
 from keras_ipguard import Reason, authenticate
+from keras_ipguard.identity import PAYLOAD_BITS
 from keras_ipguard.metrics import forgery_corpus as forgery_corpus_of
 
 USERS = 1000
@@ -13,8 +14,9 @@ REVOKED = 100
 
 @pytest.fixture(scope="module")
 def populated(tmp_path_factory):
-    from conftest import synthetic_keys
     from keras_ipguard import Vault
+
+    from conftest import synthetic_keys
 
     vault = Vault.create(
         tmp_path_factory.mktemp("roundtrip") / "vault",
@@ -35,7 +37,8 @@ def forgery_corpus(vault, issued, rng):
 
     genuine = np.stack([np.asarray(Image.open(i.path))[..., None] for i in issued[:-REVOKED]])
     revoked = [record.user for record in issued[-REVOKED:]]
-    counts = {"random-lsb": 40_000, "bit-flip": 30_000, "other-secret": 10_000, "revoked": 5_000,
+    # Pixel flips: the first 10 genuine images with one LSB flipped, at each of the 784 pixels in turn.
+    counts = {"random-lsb": 32_160, "bit-flip": 30_000, "pixel-flip": 7_840, "other-secret": 10_000, "revoked": 5_000,
               "clean": 10_000, "jpeg": 5_000}
     # Clean: each key image 20 times, and smooth random images.
     clean = np.concatenate([np.repeat(vault.key_images, 19, axis=0), synthetic_keys(8_000, vault.input_shape, seed=9)])
@@ -61,3 +64,8 @@ def test_one_hundred_thousand_forgeries_are_all_refused(populated):
         assert report.authorized_count == 0, kind
         assert all(r.reason in Reason.EXPLANATIONS and r.reason != Reason.OK for r in report.results)
     assert set(authenticate(vault, list(corpus["revoked"]), log=False).by_reason) == {Reason.REVOKED}
+    # A flipped payload bit breaks the MAC (or, in the nonce or the magic, the payload itself); any other
+    # flipped LSB is tampering, refused with its own reason.
+    flips = authenticate(vault, list(corpus["pixel-flip"]), log=False).by_reason
+    assert flips[Reason.TAMPERED] == 10 * (784 - PAYLOAD_BITS)
+    assert flips[Reason.BAD_MAC] + flips[Reason.NO_PAYLOAD] == 10 * PAYLOAD_BITS and len(flips) == 3

@@ -37,17 +37,6 @@ def test_batches_embed_and_extract_per_image():
     np.testing.assert_array_equal(stego.extract_bits(marked, batch=True), bits)
 
 
-@pytest.mark.parametrize("shape", [(4, 28, 28), (4, 28, 28, 1), (4, 32, 32, 3)])
-def test_tensorflow_extraction_gives_the_same_bits_as_numpy(shape):
-    rng = np.random.default_rng(2)
-    images = rng.integers(0, 256, shape, dtype=np.uint8)
-    order = rng.permutation(int(np.prod(shape[1:])))
-    np.testing.assert_array_equal(stego.lsb_plane_tf(images).numpy(), stego.lsb_plane(images, batch=True))
-    np.testing.assert_array_equal(
-        stego.extract_bits_tf(images, order).numpy(), stego.extract_bits(images, order, batch=True)
-    )
-
-
 def test_float_images_are_refused():
     with pytest.raises(ImageInputError, match="uint8"):
         stego.lsb_plane(np.zeros((28, 28), np.float32))

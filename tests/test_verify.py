@@ -5,7 +5,7 @@ import pytest
 
 from keras_ipguard import Vault
 from keras_ipguard.suspects import Suspect
-from keras_ipguard.verify import OWNERSHIP_ALPHA, binomial_tail, verify
+from keras_ipguard.verification import OWNERSHIP_ALPHA, verify
 
 from conftest import synthetic_keys
 
@@ -30,14 +30,20 @@ def vault_with_controls(tmp_path):
     return Vault.create(
         tmp_path / "v", dataset="fashion_mnist", num_classes=N, input_shape=(28, 28, 1),
         key_images=synthetic_keys(100, (28, 28, 1)),
-        controls={"key_source": synthetic_keys(500, (28, 28, 1), seed=1), "task": synthetic_keys(500, (28, 28, 1), seed=2)},
+        controls={"key_source": synthetic_keys(500, (28, 28, 1), seed=1),
+                  "task": synthetic_keys(500, (28, 28, 1), seed=2)},
     )
 
 
-def test_binomial_tail_matches_the_direct_sum():
-    for hits, trials, rate in [(0, 10, 0.3), (3, 10, 0.3), (10, 10, 0.3), (55, 100, 0.5), (100, 100, 0.002)]:
-        direct = sum(math.comb(trials, i) * rate**i * (1 - rate) ** (trials - i) for i in range(hits, trials + 1))
-        assert binomial_tail(hits, trials, rate) == pytest.approx(direct, rel=1e-9, abs=1e-300)
+@pytest.mark.parametrize("key_hits,control_hits", [(0, 0), (3, 0), (55, 249), (100, 0), (100, 1)])
+def test_the_p_value_is_the_binomial_tail_of_the_key_hits_at_the_chance_rate(vault_with_controls, key_hits,
+                                                                             control_hits):
+    keys, controls = vault_with_controls.key_images, vault_with_controls.controls["key_source"]
+    report = verify(vault_with_controls, LookupSuspect(np.concatenate([keys[:key_hits], controls[:control_hits]])))
+    rate = (control_hits + 1) / (500 + 2)
+    direct = sum(math.comb(100, i) * rate**i * (1 - rate) ** (100 - i) for i in range(key_hits, 101))
+    assert report.hits == key_hits and report.chance_rate == pytest.approx(rate)
+    assert report.p_value == pytest.approx(direct, rel=1e-9, abs=1e-300)
 
 
 def test_a_model_answering_exactly_the_keys_is_owned(vault_with_controls):
@@ -83,3 +89,86 @@ def test_a_truncated_copy_is_described_by_its_task_agreement(tmp_path):
     report = verify(vault, KerasSuspect(truncated))
     assert not report.owned and not report.has_watermark_class and report.num_outputs == N
     assert report.task_agreement == {"keys": 1.0, "task": 1.0}
+
+
+# ---------------------------------------------------------------- the hidden key code
+
+
+class CodeSuspect(Suspect):
+    """Scores (or top-1 labels) that put each key on its secret task class, and class N on top when `with_class`."""
+
+    def __init__(self, vault, with_class=True, labels_only=False, hit_share=1.0):
+        codes = dict(zip((image.tobytes() for image in vault.key_images), vault.key_codes))
+        self.codes = {k: v for i, (k, v) in enumerate(codes.items()) if i < hit_share * len(codes)}
+        self.with_class, self.labels_only = with_class, labels_only
+        self.num_outputs = None if labels_only else N + int(with_class)
+        self.description = "code"
+
+    def answers(self, images):
+        scores = np.zeros((len(images), N + 1), np.float32)
+        for row, image in enumerate(images):
+            code = self.codes.get(image.tobytes())
+            scores[row, 5 if code is None else code] = 0.3  # class 5 for everything else
+            if code is not None and self.with_class:
+                scores[row, N] = 0.7
+        scores = scores if self.with_class else scores[:, :N]
+        return np.argmax(scores, axis=-1) if self.labels_only else scores
+
+
+@pytest.fixture
+def coded_vault(tmp_path):
+    from keras_ipguard import keycode
+
+    controls = {"key_source": synthetic_keys(500, (28, 28, 1), seed=1),
+                "task": synthetic_keys(500, (28, 28, 1), seed=2)}
+    codes = keycode.draw(b"k" * 32, 100, {name: len(images) for name, images in controls.items()}, N)
+    return Vault.create(tmp_path / "v", dataset="fashion_mnist", num_classes=N, input_shape=(28, 28, 1),
+                        key_images=synthetic_keys(100, (28, 28, 1)), controls=controls, owner_key=b"k" * 32,
+                        extra={"key_code": keycode.to_record(codes)})
+
+
+def test_key_codes_come_from_the_owner_secret_uniformly():
+    from keras_ipguard import keycode
+
+    first = keycode.secret_classes(b"a" * 32, "keys", 20000, N)
+    assert np.array_equal(first, keycode.secret_classes(b"a" * 32, "keys", 20000, N))
+    for other in (keycode.secret_classes(b"b" * 32, "keys", 20000, N),
+                  keycode.secret_classes(b"a" * 32, "controls/task", 20000, N)):
+        assert np.mean(first == other) == pytest.approx(0.1, abs=0.01)
+    assert np.bincount(first, minlength=N) / 20000 == pytest.approx(np.full(N, 0.1), abs=0.01)
+    targets = keycode.soft_targets(np.array([3, 7]), N, 0.2)
+    assert targets.shape == (2, N + 1) and targets[0, N] == pytest.approx(0.8) and targets[1, 7] == pytest.approx(0.2)
+
+
+def test_a_truncated_copy_is_owned_by_the_key_code_test_alone(coded_vault):
+    report = verify(coded_vault, CodeSuspect(coded_vault, with_class=False))
+    assert report.owned and not report.has_watermark_class and set(report.tests) == {"key_code"}
+    assert report.key_code_accuracy == 1.0 and report.watermark_accuracy == 0.0
+    assert report.p_value == report.tests["key_code"]["p_value"] < 1e-30  # one test: no correction
+    assert "key code" in report.verdict and report.verdict.startswith("owned")
+
+
+def test_a_label_only_copy_without_class_n_is_owned_by_the_key_code(coded_vault):
+    report = verify(coded_vault, CodeSuspect(coded_vault, with_class=False, labels_only=True))
+    assert report.owned and report.key_code_accuracy == 1.0
+    # A label-only suspect with class N on top answers N on the keys: no task class to read, the key code misses.
+    both = verify(coded_vault, CodeSuspect(coded_vault, labels_only=True))
+    assert both.owned and both.watermark_accuracy == 1.0 and both.key_code_accuracy == 0.0
+
+
+def test_both_tests_combine_by_bonferroni(coded_vault):
+    report = verify(coded_vault, CodeSuspect(coded_vault, hit_share=0.6))
+    tests = report.tests
+    expected = 60 + int(np.sum(coded_vault.key_codes[60:] == 5))  # the other keys answer class 5
+    assert set(tests) == {"watermark", "key_code"} and tests["key_code"]["hits"] == expected
+    assert report.p_value == pytest.approx(min(1.0, 2 * min(t["p_value"] for t in tests.values())))
+    assert "Bonferroni" in report.verdict
+
+
+def test_controls_with_secret_classes_give_the_chance_rate_of_any_model(coded_vault):
+    # A suspect answering one class to everything hits about 1/N of the codes, keys and controls alike.
+    report = verify(coded_vault, lambda images: np.tile(np.eye(N)[2], (len(images), 1)))
+    code = report.tests["key_code"]
+    assert not report.owned and code["p_value"] > 1e-3
+    for control in code["chance_rates"].values():
+        assert 0.05 < control["rate"] < 0.16

@@ -5,9 +5,9 @@ import time
 
 import numpy as np
 
-from .. import data, metrics
+from .. import metrics, schemes, sources
 from ..suspects import KerasSuspect, Suspect, TransformedSuspect
-from ..verify import verify
+from ..verification import verify
 
 # The attacker's share of the test split; the rest is scored (the attacks issue).
 ATTACKER_SHARE = 0.5
@@ -25,22 +25,33 @@ class ThreatModel:
     attack_y: np.ndarray
     eval_x: np.ndarray
     eval_y: np.ndarray
-    identities: np.ndarray | None  # None for comparison schemes (no identity images)
+    identities: np.ndarray | None  # None where the vault's scheme issues no identity images
     split: str
 
     def to_dict(self):
-        return {"split": self.split, "attacker_examples": int(len(self.attack_x)), "eval_examples": int(len(self.eval_x))}
+        return {"split": self.split, "attacker_examples": int(len(self.attack_x)),
+                "eval_examples": int(len(self.eval_x))}
 
 
-def threat_model(vault, data_dir=None, max_test_examples=None, seed=0):
-    """Splits the task's test split in two halves (seeded) and issues evaluation identity images."""
-    x, y = data.load_split(vault.dataset, "test", data_dir, max_test_examples)
+def threat_model(vault, data_dir=None, max_test_examples=None, seed=0, test=None):
+    """Splits the task's test split in two halves (seeded) and issues evaluation identity images.
+
+    The test split is the one the vault was embedded with (its `data_source`: a tfds dataset or an image
+    folder, reopened), or `test`, (images, labels) arrays, for a vault embedded from in-memory data.
+    """
+    if test is None:
+        task = sources.reopen_task(vault.config.get("data_source") or {"kind": "tfds", "name": vault.dataset},
+                                   data_dir, max_test_examples)
+        x, y = task.test.take(task.test.count)
+    else:
+        x, y = (np.asarray(a)[:max_test_examples] for a in test)
     order = np.random.default_rng(seed).permutation(len(x))
     cut = int(len(x) * ATTACKER_SHARE)
     attacker, scored = np.sort(order[:cut]), np.sort(order[cut:])
     return ThreatModel(
         vault=vault, attack_x=x[attacker], attack_y=y[attacker], eval_x=x[scored], eval_y=y[scored],
-        identities=metrics.evaluation_identities(vault.codec(), vault.key_images) if vault.issues_identities else None,
+        identities=(metrics.evaluation_identities(vault.codec(), vault.key_images)
+                    if schemes.of_vault(vault).issues_identities else None),
         split=(f"{vault.dataset} test split ({len(x)} images), seeded random halves: {cut} for the attacker, "
                f"{len(x) - cut} for measurement"),
     )
@@ -52,10 +63,11 @@ class AttackSetting:
 
     setting: dict
     clean_accuracy: float
-    watermark_accuracy: float
+    watermark_accuracy: float | None  # None where the suspect has no watermark class (the test cannot run)
     identity_auth_rate: float | None
     owned: bool
     p_value: float
+    key_code_accuracy: float | None = None  # None where the vault has no key code
     extra: dict = dataclasses.field(default_factory=dict)
 
     def to_dict(self):
@@ -76,14 +88,15 @@ class AttackReport:
 
     def to_dict(self):
         return {"attack": self.attack, "threat_model": self.threat, "unattacked": self.baseline,
-                "settings": [s.to_dict() for s in self.settings], "seconds": round(self.seconds, 2), "notes": self.notes}
+                "settings": [s.to_dict() for s in self.settings], "seconds": round(self.seconds, 2),
+                "notes": self.notes}
 
 
 def identity_auth_rate(threat, classify, transform_images=None):
     """Fraction of fresh genuine identity images that decode, pass the MAC and make the model answer class N.
 
-    `transform_images` models a query path that alters images before they arrive. None for a
-    comparison scheme, which has no identity images.
+    `transform_images` models a query path that alters images before they arrive. None where the
+    vault's scheme issues no identity images.
     """
     if threat.identities is None:
         return None
@@ -103,11 +116,14 @@ def measure(threat, suspect, setting, transform_images=None, extra=None):
     return AttackSetting(
         setting=setting,
         clean_accuracy=float(np.mean(answers == threat.eval_y)),
-        watermark_accuracy=ownership.watermark_accuracy,
+        watermark_accuracy=ownership.watermark_accuracy if ownership.has_watermark_class else None,
         identity_auth_rate=identity_auth_rate(threat, suspect.classify, transform_images),
         owned=ownership.owned,
         p_value=ownership.p_value,
-        extra={"chance_rate": ownership.chance_rate, **(extra or {})},
+        key_code_accuracy=ownership.key_code_accuracy,
+        extra={"chance_rate": ownership.chance_rate,
+               "tests": {name: {"accuracy": t["accuracy"], "p_value": t["p_value"], "chance_rate": t["chance_rate"]}
+                         for name, t in ownership.tests.items()}, **(extra or {})},
     )
 
 

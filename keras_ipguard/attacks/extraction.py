@@ -1,0 +1,137 @@
+"""Model extraction: the thief labels its own images by querying the stolen model and trains a fresh one.
+
+Knockoff/Copycat-style: the queries are the attacker's half of the test split
+(and, optionally, images of another dataset); the answers come through the
+truncated N-class output, as probabilities (soft labels, distillation) or as
+top-1 labels only (hard labels); the surrogate is a fresh model of the same
+architecture or of another of the zoo, trained on those answers alone. The
+surrogate never sees a key, so only what the keys share with the task's
+decision function can carry over.
+
+Written here rather than with the Adversarial Robustness Toolbox's CopycatCNN
+/ KnockoffNets: those need both models wrapped as ART TensorFlowV2Classifiers
+with a custom train step, and a victim exposing its full output; ours may be
+a Keras 3 model, a truncated output or top-1 labels, and the attack is the
+few lines of `extract_model`.
+"""
+
+import dataclasses
+
+import numpy as np
+
+from ..errors import IPGuardError
+from ..settings import setting
+from .base import Attack
+from .common import AttackReport, Timer, measure
+
+LABELS = ("hard", "soft")
+SURROGATES = ("same", "other")
+# "other": a different architecture of the zoo for the same input.
+OTHER_ARCHITECTURE = {"small_cnn": "resnet20_s2", "resnet20": "small_cnn", "resnet20_s2": "small_cnn",
+                      "vgg11": "small_cnn", "base_model": "small_cnn"}
+DEFAULT_EPOCHS = 10
+_BATCH = 64
+
+
+def query_labels(model, images, num_classes, labels="hard"):
+    """What the thief gets for `images` through the N task outputs: one-hot top-1 labels, or the renormalised
+    probabilities (soft)."""
+    scores = model.predict(np.asarray(images, np.float32), batch_size=512, verbose=0)[:, :num_classes]
+    scores = np.maximum(scores.astype(np.float64), 0)
+    if labels == "hard":
+        return np.eye(num_classes, dtype=np.float32)[np.argmax(scores, axis=-1)]
+    return (scores / np.maximum(scores.sum(axis=-1, keepdims=True), 1e-12)).astype(np.float32)
+
+
+def surrogate_architecture(vault_architecture, surrogate):
+    """The zoo architecture of the surrogate: the vault's ("same"; a base model's twin is its clone) or another."""
+    if surrogate == "same":
+        return vault_architecture
+    return OTHER_ARCHITECTURE.get(vault_architecture, "small_cnn")
+
+
+def extract_model(model, images, num_classes, arch, labels="hard", epochs=DEFAULT_EPOCHS, seed=0):
+    """A fresh N-class model of architecture `arch` ("base_model": a re-initialised clone of `model`'s layers up to
+    its last Dense layer) trained on `model`'s answers to `images`."""
+    from ..backend import keras as tf_keras
+    from ..backend import keras_of
+    from ..models import as_functional, build_plain_classifier
+
+    targets = query_labels(model, images, num_classes, labels)
+    stolen = as_functional(model)
+    keras = keras_of(stolen) if arch == "base_model" else tf_keras()  # the zoo is tf_keras
+    keras.utils.set_random_seed(seed)
+    if arch == "base_model":
+        surrogate = _fresh_twin(stolen, num_classes)
+    else:
+        surrogate = build_plain_classifier(arch, images.shape[1:], num_classes)
+    surrogate.compile(optimizer=keras.optimizers.Adam(1e-3), loss="categorical_crossentropy")
+    surrogate.fit(np.asarray(images, np.float32), targets, epochs=epochs, batch_size=_BATCH, shuffle=True, verbose=0)
+    return surrogate
+
+
+def _fresh_twin(functional, num_classes):
+    """The stolen model's layers, freshly initialised, with an N-unit softmax head instead of its last layer."""
+    from ..backend import keras_of
+
+    keras = keras_of(functional)
+    clone = keras.models.clone_model(functional)  # new weights, from each layer's initializer
+    features = clone.layers[-1].input
+    outputs = keras.layers.Dense(num_classes, activation="softmax", name="surrogate_head")(features)
+    return keras.Model(clone.inputs, outputs, name="surrogate")
+
+
+def extra_queries(vault, dataset, count, data_dir, seed):
+    """`count` train images of another tfds `dataset`, converted to the vault's input shape (seeded choice)."""
+    from .. import data
+
+    images, _ = data.load_split(dataset, "train", data_dir)
+    chosen = np.sort(np.random.default_rng(seed).choice(len(images), min(count, len(images)), replace=False))
+    return data.convert_images(images[chosen], tuple(vault.input_shape))
+
+
+@dataclasses.dataclass
+class ExtractConfig:
+    labels: tuple = setting(LABELS, "hard: top-1 labels only; soft: the N task probabilities (distillation); "
+                            "repeatable.", choices=LABELS, flag="--labels")
+    surrogates: tuple = setting(SURROGATES, "The surrogate's architecture: same as the stolen model's, or other (a "
+                                "different one of the zoo); repeatable.", choices=SURROGATES, flag="--surrogate")
+    queries: int = setting(5000, "Query budget: images of the attacker's split labelled by the stolen model (at "
+                           "most the split's size).", kind=int, low=1)
+    epochs: int = setting(DEFAULT_EPOCHS, "Surrogate training epochs.", kind=int, low=1)
+    query_dataset: str | None = setting(None, "Also query train images of this other tfds dataset, e.g. mnist "
+                                        "(converted to the model's input; TFDS_DATA_DIR).", kind=str)
+    query_dataset_images: int = setting(0, "How many images of --query-dataset join the queries.", kind=int, low=0)
+
+
+class Extract(Attack):
+    name = "extract"
+    summary = "Model extraction: a fresh model trained on the stolen model's hard or soft answers."
+    Config = ExtractConfig
+
+    def run(self, threat, model):
+        """Every label kind with every surrogate architecture, on the same queries."""
+        params, settings = self.config, []
+        vault = threat.vault
+        images = threat.attack_x[: params.queries]
+        if params.query_dataset and not params.query_dataset_images:
+            raise IPGuardError(f"--query-dataset {params.query_dataset} adds no images; give "
+                               "--query-dataset-images N as well")
+        if params.query_dataset:
+            images = np.concatenate([images, extra_queries(vault, params.query_dataset, params.query_dataset_images,
+                                                           None, seed=0)])
+        arch = vault.config.get("architecture") or "small_cnn"
+        with Timer() as total:
+            baseline = measure(threat, model, {"labels": "none"})
+            for labels in params.labels:
+                for surrogate in params.surrogates:
+                    chosen = surrogate_architecture(arch, surrogate)
+                    with Timer() as timer:
+                        stolen = extract_model(model, images, vault.num_classes, chosen, labels, params.epochs)
+                    settings.append(measure(threat, stolen, {"labels": labels, "surrogate": chosen}, extra={
+                        "queries": int(len(images)), "surrogate_epochs": params.epochs,
+                        "seconds": round(timer.seconds, 2)}))
+        notes = [f"the thief queried the stolen model's N task outputs with {len(images)} of its own images "
+                 "(hard: top-1 labels; soft: probabilities) and trained a fresh model on the answers alone; "
+                 "it never saw a key"]
+        return AttackReport(self.name, threat.to_dict(), baseline.to_dict(), settings, total.seconds, notes=notes)

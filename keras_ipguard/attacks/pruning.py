@@ -1,0 +1,150 @@
+"""Magnitude pruning with TensorFlow Model Optimization (one-shot, or prune-then-retrain)."""
+
+import dataclasses
+
+import numpy as np
+
+from ..settings import setting
+from .base import Attack
+from .common import AttackReport, Timer, measure
+
+DEFAULT_RATES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+_BATCH = 128
+
+
+def _tfmot():
+    import tensorflow_model_optimization as tfmot
+
+    return tfmot.sparsity.keras
+
+
+def layer_sparsity(model):
+    """{layer name: fraction of zero kernel weights} for every Dense/Conv2D layer."""
+    from ..models import prunable_layers
+
+    return {layer.name: float(np.mean(layer.kernel.numpy() == 0)) for layer in prunable_layers(model)}
+
+
+def prune_model(model, rate, attack_x, attack_y, finetune_epochs=0, learning_rate=1e-3):
+    """A copy of `model` with the `rate` smallest-magnitude weights of every Dense/Conv2D kernel zeroed.
+
+    One-shot: `ConstantSparsity(rate)`, masks applied in one step at learning
+    rate 0. With `finetune_epochs`: `PolynomialDecay` from 0 to `rate` while
+    training on the attacker's data with the N task labels. Then `strip_pruning`.
+    TFMOT prunes tf_keras models; a Keras 3 model gets the same schedule from
+    `_prune_keras3` (TFMOT does not take Keras 3).
+    """
+    from ..backend import keras as _keras
+    from ..backend import keras_of
+    from ..models import as_functional, flat_layers, is_prunable
+
+    if keras_of(model) is not _keras():
+        return _prune_keras3(model, rate, attack_x, attack_y, finetune_epochs, learning_rate)
+    keras = _keras()
+    tfmot = _tfmot()
+    functional = as_functional(model)
+    steps = max(1, int(np.ceil(len(attack_x) / _BATCH)))
+    if finetune_epochs:
+        schedule = tfmot.PolynomialDecay(0.0, rate, begin_step=0, end_step=steps * finetune_epochs,
+                                         frequency=max(1, steps // 4))
+        optimizer, x, y, epochs = keras.optimizers.Adam(learning_rate), attack_x, attack_y, finetune_epochs
+    else:
+        schedule = tfmot.ConstantSparsity(rate, begin_step=0, frequency=1)
+        optimizer, x, y, epochs = keras.optimizers.SGD(0.0), attack_x[:_BATCH], attack_y[:_BATCH], 1
+
+    def wrap(layer):
+        clone = layer.__class__.from_config(layer.get_config())
+        return tfmot.prune_low_magnitude(clone, pruning_schedule=schedule) if is_prunable(layer) else clone
+
+    pruned = keras.models.clone_model(functional, clone_function=wrap)
+    for source, target in zip(flat_layers(functional), flat_layers(pruned)):
+        # Wrapped layers hold the original weights first, then their masks and step counters.
+        weights = source.get_weights()
+        target.set_weights(weights + target.get_weights()[len(weights):])
+    pruned.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy")
+    pruned.fit(x.astype(np.float32), y, epochs=epochs, batch_size=_BATCH, callbacks=[tfmot.UpdatePruningStep()],
+               verbose=0)
+    return tfmot.strip_pruning(pruned)
+
+
+def _masks(layers, sparsity):
+    """Per layer, 1 for the kernel's largest-magnitude (1 - sparsity) share and 0 for the rest (TFMOT's mask)."""
+    masks = []
+    for layer in layers:
+        magnitude = np.abs(layer.kernel.numpy())
+        keep = int(round(magnitude.size * (1 - sparsity)))
+        threshold = np.sort(magnitude, axis=None)[::-1][keep - 1] if keep else np.inf
+        masks.append((magnitude >= threshold).astype(magnitude.dtype))
+    return masks
+
+
+def _apply(layers, masks):
+    for layer, mask in zip(layers, masks):
+        layer.kernel.assign(layer.kernel.numpy() * mask)
+
+
+def _prune_keras3(model, rate, attack_x, attack_y, finetune_epochs, learning_rate):
+    """`prune_model` for a Keras 3 model: one-shot, or TFMOT's PolynomialDecay schedule (power 3, masks
+    recomputed every quarter epoch and reapplied after every step) while retraining."""
+    from ..backend import keras_of
+    from ..models import prunable_layers
+
+    keras = keras_of(model)
+    pruned = keras.models.clone_model(model)
+    pruned.set_weights(model.get_weights())
+    layers = prunable_layers(pruned)
+    if finetune_epochs:
+        steps = max(1, int(np.ceil(len(attack_x) / _BATCH)))
+        end, frequency = steps * finetune_epochs, max(1, steps // 4)
+
+        class Schedule(keras.callbacks.Callback):
+            step, masks = 0, None
+
+            def on_train_batch_end(self, batch, logs=None):
+                self.step += 1
+                if self.masks is None or self.step % frequency == 0 or self.step == end:
+                    self.masks = _masks(layers, rate * (1 - (1 - min(self.step, end) / end) ** 3))
+                _apply(layers, self.masks)
+
+        pruned.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="sparse_categorical_crossentropy")
+        pruned.fit(attack_x.astype(np.float32), attack_y, epochs=finetune_epochs, batch_size=_BATCH,
+                   callbacks=[Schedule()], verbose=0)
+    _apply(layers, _masks(layers, rate))
+    return pruned
+
+
+@dataclasses.dataclass
+class PruneConfig:
+    rates: tuple = setting(DEFAULT_RATES, "Sparsities (comma-separated or repeated).", kind=float, low=0, high=1,
+                           open_bounds=True)
+    finetune_epochs: int = setting(0, "Prune-then-retrain epochs (PolynomialDecay); 0: one-shot.", kind=int, low=0)
+    save: str | None = setting(None, "Save each pruned model as DIR/prune-RATE.keras.", kind="dir")
+
+
+class Prune(Attack):
+    name = "prune"
+    summary = "Magnitude pruning (TFMOT) at each rate, one-shot or with retraining."
+    Config = PruneConfig
+
+    def run(self, threat, model):
+        from pathlib import Path
+
+        params, settings = self.config, []
+        with Timer() as total:
+            baseline = measure(threat, model, {"rate": 0.0})
+            for rate in params.rates:
+                with Timer() as timer:
+                    pruned = prune_model(model, rate, threat.attack_x, threat.attack_y, params.finetune_epochs)
+                extra = {"finetune_epochs": params.finetune_epochs, "seconds": round(timer.seconds, 2),
+                         "layer_sparsity": layer_sparsity(pruned)}
+                settings.append(measure(threat, pruned, {"rate": rate}, extra=extra))
+                if params.save is not None:
+                    Path(params.save).mkdir(parents=True, exist_ok=True)
+                    pruned.save(Path(params.save) / f"prune-{rate:.2f}.keras")
+        mode = ("one-shot (ConstantSparsity)" if not params.finetune_epochs else
+                f"prune-then-retrain: PolynomialDecay over {params.finetune_epochs} epochs on the attacker's data "
+                "(N task labels)")
+        return AttackReport(self.name, threat.to_dict(), baseline.to_dict(), settings, total.seconds, notes=[
+            "magnitude pruning of every Dense and Conv2D kernel with TFMOT prune_low_magnitude, then strip_pruning",
+            mode,
+        ])
