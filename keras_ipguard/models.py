@@ -288,9 +288,19 @@ def is_prunable(layer):
 
 
 def flat_layers(model):
-    """Every layer of `model`, nested models replaced by their own layers, in order."""
+    """Every layer of `model`, nested models replaced by their own layers, in order.
+
+    A plain list, no generator: training steps call it inside `tf.function`, and once
+    in a full test run AutoGraph's conversion of the generator form failed
+    ("'Functional' object is not iterable") where the same test passed alone.
+    """
+    layers = []
     for layer in model.layers:
-        yield from (flat_layers(layer) if hasattr(layer, "layers") else [layer])
+        if hasattr(layer, "layers"):
+            layers.extend(flat_layers(layer))
+        else:
+            layers.append(layer)
+    return layers
 
 
 def prunable_layers(model):
