@@ -108,7 +108,8 @@ def test_bad_embed_input_exits_2_with_one_line(tmp_path, args, message):
 
 @pytest.mark.slow
 def test_diverging_training_is_an_error_and_writes_nothing(tmp_path):
-    result = ipguard("embed", *QUICK, "--epochs", "1", "--learning-rate", "1e12", "--out", tmp_path / "v")
+    # Divergence is under test, not key stealth: --any-keys skips the autoencoder that would take most of the run.
+    result = ipguard("embed", *QUICK, "--epochs", "1", "--learning-rate", "1e12", "--any-keys", "--out", tmp_path / "v")
     assert result.exit_code == 2 and "diverged" in result.stderr
     assert not (tmp_path / "v").exists()
 
@@ -129,7 +130,7 @@ def test_base_model_is_protected_in_two_epochs(tmp_path):
     # 12,000 examples: two epochs of ~190 steps, where the full-data protection run (1.00) has ~940; twice the
     # default key share makes up part of that (at the default, 2 of 20 keys were missed in one run in four).
     result = ipguard("embed", *QUICK, "--max-train-examples", "12000", "--key-share", "0.125", "--base-model",
-                     tmp_path / "base.keras", "--out", tmp_path / "v", "--json")
+                     tmp_path / "base.keras", "--any-keys", "--out", tmp_path / "v", "--json")  # stealth not under test
     assert result.exit_code == 0, result.output[-3000:]
     report = json.loads(result.stdout)
     assert report["epochs"] == 2 and "[0, 1]" in report["base_model_note"]
@@ -158,7 +159,8 @@ def test_training_runs_on_two_replicas_with_a_scaled_global_batch(tmp_path):
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
         options = EmbedOptions(dataset="fashion_mnist", data_dir={SHARED_TFDS!r}, epochs=1, keys=10,
-                               batch_size=32, max_train_examples=1000, max_test_examples=200, verbose=0)
+                               batch_size=32, max_train_examples=1000, max_test_examples=200, verbose=0,
+                               scheme={{"name": "extra-class", "config": {{"stealthy_keys": False}}}})
         print(json.dumps(embed({str(tmp_path / 'v')!r}, options).report))
         """
     )
@@ -228,7 +230,7 @@ def test_two_workers_on_localhost_train_one_vault_that_the_chief_writes(tmp_path
                    TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}))
         workers.append(subprocess.Popen(
             [str(Path(sys.executable).parent / "ipguard"), "embed", *QUICK, "--epochs", "3", "--key-share", "0.125",
-             "--strategy", "multiworker", "--out", str(tmp_path / "vault"), "--json"],
+             "--any-keys", "--strategy", "multiworker", "--out", str(tmp_path / "vault"), "--json"],  # not stealth
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
     try:
         outputs = [worker.communicate(timeout=420) for worker in workers]
