@@ -14,12 +14,18 @@ install:
 	$(PYTHON) -m pip install --upgrade pip
 	$(PYTHON) -m pip install -e ".[test]"
 
+# One pytest-xdist worker per core; a test file stays on one worker (its module fixtures are built once),
+# in tests/conftest.py's order (files that train on real data first).
+# TEST_WORKERS=0 runs in this process (pdb, -s).
+TEST_WORKERS ?= auto
+PYTEST := $(PYTHON) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
+
 test:
-	$(PYTHON) -m pytest
+	$(PYTEST)
 
 # The fast subset (no end-to-end training on real data): under 3 minutes on 2 cores.
 test-fast:
-	$(PYTHON) -m pytest -m "not slow"
+	$(PYTEST) -m "not slow"
 
 lint:
 	$(VENV)/bin/ruff check .

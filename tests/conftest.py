@@ -15,6 +15,16 @@ from keras_ipguard import Vault
 SHARED_TFDS = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "tensorflow_datasets")
 
 
+def pytest_collection_modifyitems(items):
+    """Test files that train on real data (`slow` tests) run first, each file's tests in their order.
+
+    Under `make test` (pytest-xdist, one file per worker at a time) the long files start at once and
+    the quick ones fill the gaps, instead of the longest file starting last.
+    """
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)
+
+
 def synthetic_keys(count, shape, seed=0):
     """Smooth random 'natural-looking' uint8 images (not LSB-random like noise)."""
     rng = np.random.default_rng(seed)

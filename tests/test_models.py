@@ -10,6 +10,7 @@ from keras_ipguard.backend import keras as _keras
 from keras_ipguard.backend import tensorflow as _tensorflow
 from keras_ipguard.models import (
     WatermarkedClassifier,
+    as_functional,
     build_backbone,
     harden_kernel_scale,
     load_model,
@@ -163,6 +164,41 @@ def test_magnitude_pruned_calls_use_the_pruned_kernels_and_give_the_variables_ba
     for layer, kernel in zip(prunable_layers(copy), kernels):
         layer.set_weights([kernel.numpy()] + layer.get_weights()[1:])
     np.testing.assert_allclose(outputs.numpy(), copy(tiny_inputs, training=False).numpy(), atol=1e-6)
+
+
+@pytest.mark.parametrize("rate", [0.5, 0.97])
+def test_one_shot_pruning_zeroes_exactly_the_weights_tfmot_s_constant_sparsity_does(tiny_inputs, rate):
+    """The attack's one-shot pruning against TFMOT's own: prune_low_magnitude, one step at learning rate 0."""
+    import tensorflow_model_optimization as tfmot
+
+    from keras_ipguard.attacks.pruning import prune_model
+
+    model = as_functional(WatermarkedClassifier(build_backbone("small_cnn", (28, 28, 1)), num_classes=10))
+    sparsity = tfmot.sparsity.keras
+    schedule = sparsity.ConstantSparsity(rate, begin_step=0, frequency=1)
+    wrapped = keras.models.clone_model(model, clone_function=lambda layer: sparsity.prune_low_magnitude(
+        layer.__class__.from_config(layer.get_config()), pruning_schedule=schedule) if layer in
+        prunable_layers(model) else layer.__class__.from_config(layer.get_config()))
+    for source, target in zip(model.layers, wrapped.layers):
+        weights = source.get_weights()
+        target.set_weights(weights + target.get_weights()[len(weights):])
+    wrapped.compile(keras.optimizers.SGD(0.0), "sparse_categorical_crossentropy")
+    wrapped.fit(tiny_inputs, np.arange(6), epochs=1, callbacks=[sparsity.UpdatePruningStep()], verbose=0)
+    reference_model = sparsity.strip_pruning(wrapped)
+    ours_model = prune_model(model, rate, tiny_inputs, np.arange(6))
+    reference, ours = prunable_layers(reference_model), prunable_layers(ours_model)
+    assert len(ours) == len(reference) == 6
+    for mine, theirs in zip(ours, reference):
+        np.testing.assert_array_equal(mine.kernel.numpy(), theirs.kernel.numpy())
+        assert np.mean(mine.kernel.numpy() == 0) == pytest.approx(rate, abs=0.01)
+    # TFMOT's step moved the first BatchNormalization's statistics (before any dropout) toward the batch; so did ours.
+    norms = [next(layer for layer in pruned.layers if "BatchNormalization" in type(layer).__name__)
+             for pruned in (ours_model, reference_model)]
+    original = next(layer for layer in model.layers if "BatchNormalization" in type(layer).__name__).get_weights()
+    for mine, theirs in zip(*(layer.get_weights() for layer in norms)):
+        np.testing.assert_allclose(mine, theirs, rtol=1e-4, atol=1e-5)
+    assert not np.allclose(norms[0].get_weights()[2], original[2])  # the moving mean moved
+    assert not any(np.mean(layer.kernel.numpy() == 0) for layer in prunable_layers(model))  # the original untouched
 
 
 def test_prune_robustness_trains_the_pruned_model_s_answers_from_its_start_step():

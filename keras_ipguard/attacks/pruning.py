@@ -28,29 +28,31 @@ def layer_sparsity(model):
 def prune_model(model, rate, attack_x, attack_y, finetune_epochs=0, learning_rate=1e-3):
     """A copy of `model` with the `rate` smallest-magnitude weights of every Dense/Conv2D kernel zeroed.
 
-    One-shot: `ConstantSparsity(rate)`, masks applied in one step at learning
-    rate 0. With `finetune_epochs`: `PolynomialDecay` from 0 to `rate` while
-    training on the attacker's data with the N task labels. Then `strip_pruning`.
-    TFMOT prunes tf_keras models; a Keras 3 model gets the same schedule from
-    `_prune_keras3` (TFMOT does not take Keras 3).
+    One-shot (no `finetune_epochs`): each kernel's mask as TFMOT's
+    `ConstantSparsity(rate)` computes it (keep the round(size * (1 - rate))
+    largest magnitudes, ties at the threshold kept), applied to a copy of the
+    weights; a test checks the masks against TFMOT's. Wrapping, compiling and
+    fitting a TFMOT model for one step at learning rate 0 gave the same masks
+    in seconds per rate (`make paper` prunes at 9 rates per scheme), and its
+    one step also moved the BatchNorm statistics toward one attacker batch.
+    With `finetune_epochs`: TFMOT's `PolynomialDecay` from 0 to `rate` while
+    training on the attacker's data with the N task labels, then
+    `strip_pruning`. TFMOT does not take Keras 3: a Keras 3 model gets the
+    same schedule from `_prune_with_masks`.
     """
     from ..backend import keras as _keras
     from ..backend import keras_of
     from ..models import as_functional, flat_layers, is_prunable
 
-    if keras_of(model) is not _keras():
-        return _prune_keras3(model, rate, attack_x, attack_y, finetune_epochs, learning_rate)
+    if keras_of(model) is not _keras() or not finetune_epochs:
+        return _prune_with_masks(as_functional(model), rate, attack_x, attack_y, finetune_epochs, learning_rate)
     keras = _keras()
     tfmot = _tfmot()
     functional = as_functional(model)
     steps = max(1, int(np.ceil(len(attack_x) / _BATCH)))
-    if finetune_epochs:
-        schedule = tfmot.PolynomialDecay(0.0, rate, begin_step=0, end_step=steps * finetune_epochs,
-                                         frequency=max(1, steps // 4))
-        optimizer, x, y, epochs = keras.optimizers.Adam(learning_rate), attack_x, attack_y, finetune_epochs
-    else:
-        schedule = tfmot.ConstantSparsity(rate, begin_step=0, frequency=1)
-        optimizer, x, y, epochs = keras.optimizers.SGD(0.0), attack_x[:_BATCH], attack_y[:_BATCH], 1
+    schedule = tfmot.PolynomialDecay(0.0, rate, begin_step=0, end_step=steps * finetune_epochs,
+                                     frequency=max(1, steps // 4))
+    optimizer, x, y, epochs = keras.optimizers.Adam(learning_rate), attack_x, attack_y, finetune_epochs
 
     def wrap(layer):
         clone = layer.__class__.from_config(layer.get_config())
@@ -68,12 +70,16 @@ def prune_model(model, rate, attack_x, attack_y, finetune_epochs=0, learning_rat
 
 
 def _masks(layers, sparsity):
-    """Per layer, 1 for the kernel's largest-magnitude (1 - sparsity) share and 0 for the rest (TFMOT's mask)."""
+    """Per layer, 1 for the kernel's largest-magnitude (1 - sparsity) share and 0 for the rest.
+
+    TFMOT's mask (`pruning_impl.Pruning._update_mask`): k = max(1, round(size * (1 - sparsity))) computed in
+    float32, the k-th largest magnitude the threshold, every magnitude at or above it kept.
+    """
     masks = []
     for layer in layers:
         magnitude = np.abs(layer.kernel.numpy())
-        keep = int(round(magnitude.size * (1 - sparsity)))
-        threshold = np.sort(magnitude, axis=None)[::-1][keep - 1] if keep else np.inf
+        keep = max(1, int(np.round(np.float32(magnitude.size) * np.float32(1 - sparsity))))
+        threshold = np.sort(magnitude, axis=None)[::-1][keep - 1]
         masks.append((magnitude >= threshold).astype(magnitude.dtype))
     return masks
 
@@ -83,9 +89,10 @@ def _apply(layers, masks):
         layer.kernel.assign(layer.kernel.numpy() * mask)
 
 
-def _prune_keras3(model, rate, attack_x, attack_y, finetune_epochs, learning_rate):
-    """`prune_model` for a Keras 3 model: one-shot, or TFMOT's PolynomialDecay schedule (power 3, masks
-    recomputed every quarter epoch and reapplied after every step) while retraining."""
+def _prune_with_masks(model, rate, attack_x, attack_y, finetune_epochs, learning_rate):
+    """`prune_model` one-shot (tf_keras or Keras 3, functional: TFMOT's masks and its one step's BatchNormalization
+    update), or for a Keras 3 model TFMOT's PolynomialDecay schedule (power 3, masks recomputed every quarter
+    epoch and reapplied after every step) while retraining."""
     from ..backend import keras_of
     from ..models import prunable_layers
 
@@ -110,6 +117,10 @@ def _prune_keras3(model, rate, attack_x, attack_y, finetune_epochs, learning_rat
         pruned.fit(attack_x.astype(np.float32), attack_y, epochs=finetune_epochs, batch_size=_BATCH,
                    callbacks=[Schedule()], verbose=0)
     _apply(layers, _masks(layers, rate))
+    if not finetune_epochs:
+        # TFMOT's one-shot is one training step at learning rate 0 on the attacker's first batch: its forward
+        # pass in training mode moves the BatchNormalization statistics toward that batch, and so does this one.
+        pruned(attack_x[:_BATCH].astype(np.float32), training=True)
     return pruned
 
 
@@ -145,6 +156,7 @@ class Prune(Attack):
                 f"prune-then-retrain: PolynomialDecay over {params.finetune_epochs} epochs on the attacker's data "
                 "(N task labels)")
         return AttackReport(self.name, threat.to_dict(), baseline.to_dict(), settings, total.seconds, notes=[
-            "magnitude pruning of every Dense and Conv2D kernel with TFMOT prune_low_magnitude, then strip_pruning",
+            "magnitude pruning of every Dense and Conv2D kernel: TFMOT's mask (the smallest magnitudes of each "
+            "kernel zeroed); with retraining, TFMOT prune_low_magnitude, then strip_pruning",
             mode,
         ])
