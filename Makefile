@@ -14,10 +14,10 @@ install:
 	$(PYTHON) -m pip install --upgrade pip
 	$(PYTHON) -m pip install -e ".[test]"
 
-# One pytest-xdist worker per core; a test file stays on one worker (its module fixtures are built once),
-# in tests/conftest.py's order (files that train on real data first).
-# TEST_WORKERS=0 runs in this process (pdb, -s).
-TEST_WORKERS ?= auto
+# One pytest-xdist worker per core, at most 4 (each holds its own TensorFlow, 1-2 GiB); a test file stays on
+# one worker (its module fixtures are built once), in tests/conftest.py's order (files that train on real
+# data first). TEST_WORKERS=0 runs in this process (pdb, -s).
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); if [ $$n -gt 4 ]; then n=4; fi; echo $$n)
 PYTEST := $(PYTHON) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 test:
