@@ -16,7 +16,7 @@ Vaults go under --work and are reused when present, with each finished
 scheme's figures (reports/paper-row.json), so an interrupted run continues
 where it stopped; delete a scheme's vault to measure it again. Results go to --out/<dataset>/: results.json (all
 figures, the command, settings, machine and date), table.md, prune.png and
-attacks.png.
+attacks.png, rewritten after every scheme (until the last, marked partial, with the schemes still to run).
 """
 
 import argparse
@@ -127,11 +127,6 @@ def attack_scheme(vault, data_dir, max_test_examples, attack_epochs=None):
 
 
 def run_dataset(dataset, work, out, profile, data_dir, scheme_names, overrides=None):
-    from . import schemes
-    from .models import load_model, predict_classes
-    from .training import machine_info
-    from .verification import verify
-
     profile, settings = settings_for(dataset, profile)
     if not settings:
         profile = "full"  # this dataset's reduced profile is its full one
@@ -139,8 +134,7 @@ def run_dataset(dataset, work, out, profile, data_dir, scheme_names, overrides=N
     if overrides:
         profile = "custom"
         settings.update(overrides)
-    rows = {}
-    plain_accuracy = None
+    rows, plain_accuracy, result = {}, None, None
     for index, scheme in enumerate(scheme_names):
         started = time.time()
         vault = embed_scheme(work, dataset, scheme, settings, data_dir, baseline=index == 0)
@@ -150,30 +144,48 @@ def run_dataset(dataset, work, out, profile, data_dir, scheme_names, overrides=N
         finished = vault.reports_path / "paper-row.json"
         if finished.is_file():  # a finished scheme of an interrupted run
             rows[scheme] = json.loads(finished.read_text())
-            continue
-        ownership = verify(vault).to_dict()
-        row = {"scheme": scheme, "embed": embed_report, "verify": ownership}
-        if schemes.of_vault(vault).issues_identities:
-            model = load_model(vault.model_path)
-            row["identity"] = identity_figures(vault, lambda images, m=model: predict_classes(m, images))
-        unattacked, columns, reports = attack_scheme(vault, data_dir, settings.get("max_test_examples"),
-                                                       settings.get("attack_epochs"))
-        row.update(unattacked=unattacked, attacks=columns, attack_reports=reports,
-                   seconds=round(time.time() - started, 1))
-        rows[scheme] = row
-        vault.write_report("paper-row", row)
-        log(f"{dataset} {scheme}: clean {embed_report['clean_accuracy']:.4f} watermark "
-            f"{embed_report['watermark_accuracy']:.4f} owned {ownership['owned']}")
+        else:
+            rows[scheme] = _scheme_row(vault, embed_report, data_dir, settings, started)
+        # After every scheme: an interrupted run leaves the table of what finished, marked partial.
+        result = _result(dataset, profile, settings, rows, plain_accuracy, scheme_names[index + 1:])
+        write_outputs(result, out / dataset)
+    return result
+
+
+def _scheme_row(vault, embed_report, data_dir, settings, started):
+    """One scheme's figures: verification, identities where the scheme issues them, the `paper` attack suite."""
+    from . import schemes
+    from .models import load_model, predict_classes
+    from .verification import verify
+
+    scheme = schemes.of_vault(vault)
+    ownership = verify(vault).to_dict()
+    row = {"scheme": scheme.name, "embed": embed_report, "verify": ownership}
+    if scheme.issues_identities:
+        model = load_model(vault.model_path)
+        row["identity"] = identity_figures(vault, lambda images, m=model: predict_classes(m, images))
+    unattacked, columns, reports = attack_scheme(vault, data_dir, settings.get("max_test_examples"),
+                                                   settings.get("attack_epochs"))
+    row.update(unattacked=unattacked, attacks=columns, attack_reports=reports, seconds=round(time.time() - started, 1))
+    vault.write_report("paper-row", row)
+    log(f"{vault.dataset} {scheme.name}: clean {embed_report['clean_accuracy']:.4f} watermark "
+        f"{embed_report['watermark_accuracy']:.4f} owned {ownership['owned']}")
+    return row
+
+
+def _result(dataset, profile, settings, rows, plain_accuracy, pending):
+    """results.json's content: the finished schemes' rows, and `pending`, the schemes still to run."""
+    from .training import machine_info
+
     for row in rows.values():
         if plain_accuracy is not None:
             row["plain_clean_accuracy"] = plain_accuracy
             row["fidelity_drop"] = round(100 * (plain_accuracy - row["embed"]["clean_accuracy"]), 2)
-    epochs = {scheme: row["embed"]["epochs"] for scheme, row in rows.items()}
-    result = {
+    return {
         "dataset": dataset,
         "profile": profile,
         "settings": settings,
-        "epochs": epochs,
+        "epochs": {scheme: row["embed"]["epochs"] for scheme, row in rows.items()},
         "architecture": next(iter(rows.values()))["embed"]["architecture"] if rows else None,
         "command": "python -m keras_ipguard.paper " + " ".join(sys.argv[1:]),
         "machine": machine_info(),
@@ -181,9 +193,8 @@ def run_dataset(dataset, work, out, profile, data_dir, scheme_names, overrides=N
         "threat_model": rows[next(iter(rows))]["attack_reports"][0]["threat_model"] if rows else None,
         "plain_clean_accuracy": plain_accuracy,
         "schemes": rows,
+        "pending": list(pending),
     }
-    write_outputs(result, out / dataset)
-    return result
 
 
 def write_outputs(result, target):
@@ -233,6 +244,11 @@ def markdown(result):
         f"{result['date']}. Command: `{result['command']}`.",
         f"Attacks: {result['threat_model']['split'] if result['threat_model'] else ''}.",
         "",
+    ]
+    if result.get("pending"):
+        lines += [f"**Partial**: not run yet: {', '.join(result['pending'])} (the same command continues the run).",
+                  ""]
+    lines += [
         "Watermark accuracy (fraction of triggers answered as embedded), then, for ours, / the key-code accuracy "
         "(keys whose top-1 task class is their secret class; – where a test cannot run); ✓ = verify says owned "
         "(combined p < 1e-12 against the suspect's own hit rates on controls), ✗ = not owned.",

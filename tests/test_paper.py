@@ -37,6 +37,11 @@ def test_paper_run_writes_table_json_and_plots_and_resumes(tmp_path):
     assert result["machine"]["cpu_count"] and result["date"] and "keras_ipguard.paper" in result["command"]
     table = (out / "table.md").read_text()
     assert table.index("| extra-class |") < table.index("| content |")
+    # Written after every scheme: a table of an unfinished run names what has not run yet.
+    assert result["pending"] == [] and "Partial" not in table
+    from keras_ipguard.paper import markdown
+
+    assert "**Partial**: not run yet: adi, noise" in markdown({**result, "pending": ["adi", "noise"]})
     for png in ("prune.png", "attacks.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # A second run reuses the finished vaults and figures instead of training and attacking again.
