@@ -232,6 +232,12 @@ def _cell(row):
     return f"{text} {mark}"
 
 
+def _control_cell(ownership):
+    """The suspect's hit rate on the controls: the class-N test's, then / the key code's where it ran."""
+    code = (ownership.get("tests") or {}).get("key_code")
+    return f"{ownership['chance_rate']:.3f}" + (f"/{code['chance_rate']:.3f}" if code else "")
+
+
 def markdown(result):
     """The per-dataset table: rows are schemes, columns the figures and the watermark after each attack."""
     settings = ", ".join(f"{k}={v}" for k, v in result["settings"].items()) or "all data, default epochs"
@@ -250,7 +256,8 @@ def markdown(result):
                   ""]
     lines += [
         "Watermark accuracy (fraction of triggers answered as embedded), then, for ours, / the key-code accuracy "
-        "(keys whose top-1 task class is their secret class; – where a test cannot run); ✓ = verify says owned "
+        "(keys whose top-1 task class is their secret class; – where a test cannot run), and the control hit rates "
+        "of the same tests (each test's chance rate); ✓ = verify says owned "
         "(combined p < 1e-12 against the suspect's own hit rates on controls), ✗ = not owned.",
         "",
         "| scheme | clean acc. | fidelity drop (pts) | watermark acc. | control hit rate | identity auth "
@@ -264,7 +271,7 @@ def markdown(result):
                           if identity else "n/a | n/a")
         lines.append(
             f"| {scheme} | {row['embed']['clean_accuracy']:.4f} | {row.get('fidelity_drop', float('nan')):+.2f} | "
-            f"{_cell(row['verify'])} | {row['verify']['chance_rate']:.3f} | {identity_cells} | "
+            f"{_cell(row['verify'])} | {_control_cell(row['verify'])} | {identity_cells} | "
         )
         lines[-1] += " | ".join(_cell(row["attacks"][column]) for column in ATTACK_COLUMNS) + " |"
     lines += ["", "Clean accuracy after each attack:", "",

@@ -37,6 +37,8 @@ def test_paper_run_writes_table_json_and_plots_and_resumes(tmp_path):
     assert result["machine"]["cpu_count"] and result["date"] and "keras_ipguard.paper" in result["command"]
     table = (out / "table.md").read_text()
     assert table.index("| extra-class |") < table.index("| content |")
+    checks = ours["verify"]
+    assert f"| {checks['chance_rate']:.3f}/{checks['tests']['key_code']['chance_rate']:.3f} |" in table
     # Written after every scheme: a table of an unfinished run names what has not run yet.
     assert result["pending"] == [] and "Partial" not in table
     from keras_ipguard.paper import markdown
