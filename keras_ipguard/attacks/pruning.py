@@ -31,10 +31,11 @@ def prune_model(model, rate, attack_x, attack_y, finetune_epochs=0, learning_rat
     One-shot (no `finetune_epochs`): each kernel's mask as TFMOT's
     `ConstantSparsity(rate)` computes it (keep the round(size * (1 - rate))
     largest magnitudes, ties at the threshold kept), applied to a copy of the
-    weights; a test checks the masks against TFMOT's. Wrapping, compiling and
-    fitting a TFMOT model for one step at learning rate 0 gave the same masks
-    in seconds per rate (`make paper` prunes at 9 rates per scheme), and its
-    one step also moved the BatchNorm statistics toward one attacker batch.
+    weights, then TFMOT's one step at learning rate 0 as a forward pass in
+    training mode on the attacker's first batch (it moves the BatchNormalization
+    statistics toward that batch). A test checks both against TFMOT's own;
+    wrapping, compiling and fitting a TFMOT model took seconds per rate, and
+    `make paper` prunes at 9 rates per scheme.
     With `finetune_epochs`: TFMOT's `PolynomialDecay` from 0 to `rate` while
     training on the attacker's data with the N task labels, then
     `strip_pruning`. TFMOT does not take Keras 3: a Keras 3 model gets the
