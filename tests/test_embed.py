@@ -42,7 +42,11 @@ def run_process(*args, **kwargs):
 @pytest.fixture(scope="module")
 def embedded(tmp_path_factory):
     out = tmp_path_factory.mktemp("embed") / "fm-vault"
-    result = ipguard("embed", *QUICK, "--epochs", "3", "--baseline", "--out", out, "--json")
+    # The key code off: in a run this short and small it takes class N from 0-3 of 20 keys (class N 0.85-1.00
+    # over 11 runs, each with a fresh secret; 1.00 in 4 of 4 without it): docs/results/README.md, "The key code
+    # takes class N from a few keys in short, small runs". The default's class N is asserted on
+    # test_verify_e2e.py's vault, its report fields in test_embed_reports_the_default_key_code there.
+    result = ipguard("embed", *QUICK, "--epochs", "3", "--key-code", "0", "--baseline", "--out", out, "--json")
     assert result.exit_code == 0, result.output[-3000:]
     return out, json.loads(result.stdout)
 
@@ -64,9 +68,9 @@ def test_embed_writes_a_vault_whose_report_has_the_design_metrics(embedded):
     assert report["kernels_rescaled"] == 4 and report["prune_robustness"] == 0.3
     vault = Vault.open(out)
     assert vault.config["scheme"] == {"name": "extra-class", "config": report["scheme_config"]}
-    assert report["key_code"] == 0.2 and report["key_code_pull"] == 0.3 and len(vault.key_codes) == 20
+    assert report["key_code"] == 0.0 and report["key_code_pull"] == 0.0 and vault.key_codes is None
     proof = report["self_verification"]
-    assert proof["owned"] == (proof["p_value"] < 1e-12) and set(proof["tests"]) == {"watermark", "key_code"}
+    assert proof["owned"] == (proof["p_value"] < 1e-12) and set(proof["tests"]) == {"watermark"}
 
 
 @pytest.mark.slow
@@ -178,7 +182,9 @@ def test_interrupted_embed_resumes_from_its_last_epoch(tmp_path):
     first = run_process(*args)
     backup = tmp_path / ".v.embed-work" / "backup"
     deadline = time.time() + 300
-    while not any(backup.rglob("*.index")) and time.time() < deadline:  # first epoch checkpoint
+    # The first epoch's checkpoint: its state file, written once the checkpoint is complete (the shards are
+    # written under a *_temp folder first, so an *.index can appear before there is anything to resume).
+    while not any(backup.rglob("checkpoint")) and time.time() < deadline:
         assert first.poll() is None, first.stderr.read()[-3000:]
         time.sleep(0.5)
     first.send_signal(signal.SIGKILL)

@@ -85,6 +85,14 @@ def test_embed_proves_its_own_model_with_every_test(owner):
     assert proof["tests"]["key_code"]["p_value"] < 1e-12 and proof["p_value"] < OVERWHELMING
 
 
+def test_embed_reports_the_default_key_code(owner):
+    report = json.loads((owner.path / "reports" / "embed.json").read_text())
+    assert report["key_code"] == 0.2 and report["key_code_pull"] == 0.3 and len(owner.key_codes) == 100
+    # Class N keeps every key and identity image here (key share 0.4, ~1,150 steps), beside the key code.
+    assert report["watermark_accuracy"] == 1.0 and report["identity_watermark_accuracy"] == 1.0
+    assert report["false_watermark_rate"] <= 0.02
+
+
 def test_copies_without_class_n_are_owned_by_the_key_code(owner, tmp_path):
     """A truncated Keras copy, the export's `classify` signature and a label-only REST endpoint: all owned."""
     from keras_ipguard.backend import keras as _keras
