@@ -123,6 +123,12 @@ def embed(out, force, resume, as_json, scheme, **values):
     lines.append(f"  trained {report['epochs']} epochs in {report['train_seconds']:.0f} s "
                  f"({report['examples_per_second']:.0f} examples/s)")
     lines.append(f"report: {out / 'reports' / 'embed.json'}")
+    missed = report.get("keys_missing_watermark")
+    if missed:
+        lines += ["", f"WARNING: the model misses class {report['num_classes']} on {missed} of "
+                  f"{missed + report['identity_keys']} keys; "
+                  f"identity images are issued from the other {report['identity_keys']} only (more --epochs to use "
+                  "them all)"]
     proof = report.get("self_verification")
     if proof:
         lines += ["", f"verify on the vault's own model: {proof['verdict']}"] + test_lines(proof, proof["key_answer"])

@@ -158,12 +158,12 @@ class UserRegistry:
         if integrity != "ok":
             raise VaultError(f"user registry {self.path} failed its integrity check ({integrity})")
 
-    def add(self, name, key_count, issue):
+    def add(self, name, keys, issue):
         """Adds a user in one transaction and issues their identity image.
 
         Args:
             name: the new user's name (unique, case-insensitive).
-            key_count: number of key images; users get them round-robin.
+            keys: the indices of the key images identities may be made from; users get them round-robin.
             issue: callable(user_id, key_index, issued_at) -> (image_file, sha256)
                 that writes the identity image; if it raises, nothing is added.
 
@@ -179,7 +179,7 @@ class UserRegistry:
             user_id = db.execute(
                 "INSERT INTO users (name, key_index, issued_at) VALUES (?, 0, ?)", (name, issued_at)
             ).lastrowid
-            key_index = (user_id - 1) % key_count
+            key_index = int(keys[(user_id - 1) % len(keys)])
             image_file, sha256 = issue(user_id, key_index, issued_at)
             db.execute(
                 "UPDATE users SET key_index = ?, image_file = ?, image_sha256 = ? WHERE id = ?",

@@ -219,6 +219,13 @@ class Vault:
         codes = self.config.get("key_code")
         return None if codes is None else np.asarray(codes["keys"])
 
+    @property
+    def identity_keys(self):
+        """The indices of the keys identity images are made from: those the vault's model answered with their label
+        when `embed` wrote it (a key it misses would make identity images it refuses); all keys where not recorded."""
+        recorded = self.config.get("identity_keys")
+        return list(range(self.key_count)) if recorded is None else [int(i) for i in recorded]
+
     def control_codes(self, name):
         """int array: the secret task classes drawn, never trained, for control set `name` (None: no key code)."""
         codes = self.config.get("key_code")
@@ -290,6 +297,10 @@ class Vault:
         if not self.has_watermark_class:
             raise VaultError(f"vault {self.path} has no watermark class, so no identity image can be issued (its model "
                              "cannot tell one apart); embed with --scheme extra-class to license users")
+        keys = self.identity_keys
+        if not keys:
+            raise VaultError(f"vault {self.path}: its model answers class {self.watermark_class} on none of its "
+                             "keys, so any identity image would be refused; embed again with more --epochs")
         codec = self.codec()
         written = []
 
@@ -303,7 +314,7 @@ class Vault:
             return file_name, _sha256(data)
 
         try:
-            user = self.registry.add(name, self.key_count, issue)
+            user = self.registry.add(name, keys, issue)
         except BaseException:
             for target in written:
                 target.unlink(missing_ok=True)

@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from keras_ipguard import IPGuardError, Vault
+from keras_ipguard import IPGuardError, Vault, VaultError
 from keras_ipguard_cli.main import cli
 
 from conftest import SHARED_TFDS
@@ -209,7 +209,22 @@ def test_two_vaults_with_the_same_seed_get_different_secret_keys(embedded, tmp_p
     assert first.config["seed"] == second.config["seed"] == 0
     assert first.config["key_source_indices"]["keys"] != second.config["key_source_indices"]["keys"]
     assert not np.array_equal(first.key_images, second.key_images)
-    assert not np.array_equal(first.key_codes, second.key_codes)  # the key code comes from the owner secret too
+    # The first has no key code (the fixture turns it off); that codes follow the owner secret, not --seed, is
+    # test_verify.py's test_key_codes_come_from_the_owner_secret_uniformly.
+    assert first.key_codes is None and len(second.key_codes) == 20
+    # Identities are made only from the keys the model answers class 10; one epoch misses some, and says so.
+    from keras_ipguard.models import load_model, predict_classes
+
+    report = json.loads((tmp_path / "v2" / "reports" / "embed.json").read_text())
+    answered = np.flatnonzero(predict_classes(load_model(second.model_path), second.key_images) == 10).tolist()
+    assert second.identity_keys == answered and report["identity_keys"] == len(answered)
+    assert report["keys_missing_watermark"] == 20 - len(answered)
+    if answered:
+        assert {second.add_user(f"u{i}").user.key_index for i in range(25)} == set(answered)
+    else:
+        with pytest.raises(VaultError, match="answers class 10 on none of its keys"):
+            second.add_user("u0")
+    assert (f"misses class 10 on {20 - len(answered)} of 20 keys" in result.stdout) == (len(answered) < 20)
     # One epoch on 500 images cannot prove its own model: embed says so, loudly, with what to do.
     proof = json.loads((tmp_path / "v2" / "reports" / "embed.json").read_text())["self_verification"]
     assert not proof["owned"] and "--epochs" in proof["advice"]

@@ -87,6 +87,20 @@ def test_users_get_key_images_round_robin(vault):
     assert all(i.path.is_file() for i in issued)
 
 
+def test_identities_come_only_from_the_keys_the_model_answers(tmp_path):
+    """embed records the keys its model answers class N (`identity_keys`); users get only those, round-robin."""
+    keys = synthetic_keys(6, (28, 28, 1))
+    vault = Vault.create(tmp_path / "v", dataset="fashion_mnist", num_classes=10, input_shape=(28, 28, 1),
+                         key_images=keys, extra={"identity_keys": [1, 4]})
+    assert vault.identity_keys == [1, 4]
+    assert [vault.add_user(f"user{i}").user.key_index for i in range(5)] == [1, 4, 1, 4, 1]
+    none = Vault.create(tmp_path / "none", dataset="fashion_mnist", num_classes=10, input_shape=(28, 28, 1),
+                        key_images=keys, extra={"identity_keys": []})
+    with pytest.raises(VaultError, match="answers class 10 on none of its keys.*more --epochs"):
+        none.add_user("user0")
+    assert none.users() == [] and not any(none.identities_path.iterdir())
+
+
 def test_duplicate_names_are_refused_case_insensitively(vault):
     vault.add_user("alice")
     with pytest.raises(RegistryError, match="already exists"):
