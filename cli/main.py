@@ -125,10 +125,9 @@ def embed(out, force, resume, as_json, scheme, **values):
     lines.append(f"report: {out / 'reports' / 'embed.json'}")
     missed = report.get("keys_missing_watermark")
     if missed:
-        lines += ["", f"WARNING: the model misses class {report['num_classes']} on {missed} of "
-                  f"{missed + report['identity_keys']} keys; "
-                  f"identity images are issued from the other {report['identity_keys']} only (more --epochs to use "
-                  "them all)"]
+        kept = len(report["identity_keys"])
+        lines += ["", f"WARNING: the model misses class {report['num_classes']} on {missed} of {missed + kept} keys; "
+                  f"identity images are issued from the other {kept} only (more --epochs to use them all)"]
     proof = report.get("self_verification")
     if proof:
         lines += ["", f"verify on the vault's own model: {proof['verdict']}"] + test_lines(proof, proof["key_answer"])

@@ -11,8 +11,6 @@ import json
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
 from . import keycode
 from .architectures import auto_architecture
 from .backend import keras as _keras
@@ -123,14 +121,6 @@ def _write_vault(out, run, scheme, secret, model, report, force):
     key_source = {"key_source_split": "train", "key_source_indices": secret.key_source_indices} \
         if secret.key_source_indices else {}
 
-    identity_keys = {}
-    if scheme.has_watermark_class:
-        # Identity images are made from the keys the model answers class N only: one it misses would lock its
-        # users out (a short run on little data can miss a few to their key code; docs/results/README.md).
-        answered = np.flatnonzero(np.asarray(run.classify(model)(secret.keys)) == np.asarray(secret.labels))
-        identity_keys = {"identity_keys": [int(i) for i in answered]}
-        report.update(identity_keys=len(answered), keys_missing_watermark=len(secret.keys) - len(answered))
-
     def populate(tmp):
         save_model(model, tmp / "model")
         # In a multi-worker run the chief alone is here: its model would wait on the other workers' collectives.
@@ -144,7 +134,7 @@ def _write_vault(out, run, scheme, secret, model, report, force):
                "key_labels": [int(label) for label in secret.labels], "trigger": secret.details or None,
                "class_names": list(run.info.class_names), "data_source": run.task.record, **key_source,
                **({"key_code": keycode.to_record(secret.key_codes)} if secret.key_codes is not None else {}),
-               **identity_keys},
+               **({"identity_keys": report["identity_keys"]} if "identity_keys" in report else {})},
         controls=secret.controls, populate=populate, owner_key=run.owner_key, force=force,
     )
 

@@ -161,7 +161,9 @@ def _scheme_row(vault, embed_report, data_dir, settings, started):
     scheme = schemes.of_vault(vault)
     ownership = verify(vault).to_dict()
     row = {"scheme": scheme.name, "embed": embed_report, "verify": ownership}
-    if scheme.issues_identities:
+    if scheme.issues_identities and not vault.identity_keys:  # its model answers class N on no key
+        row["identity_note"] = "no identity image can be issued: the model answers class N on none of the keys"
+    elif scheme.issues_identities:
         model = load_model(vault.model_path)
         row["identity"] = identity_figures(vault, lambda images, m=model: predict_classes(m, images))
     unattacked, columns, reports = attack_scheme(vault, data_dir, settings.get("max_test_examples"),

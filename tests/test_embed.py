@@ -217,7 +217,7 @@ def test_two_vaults_with_the_same_seed_get_different_secret_keys(embedded, tmp_p
 
     report = json.loads((tmp_path / "v2" / "reports" / "embed.json").read_text())
     answered = np.flatnonzero(predict_classes(load_model(second.model_path), second.key_images) == 10).tolist()
-    assert second.identity_keys == answered and report["identity_keys"] == len(answered)
+    assert second.identity_keys == answered and report["identity_keys"] == answered
     assert report["keys_missing_watermark"] == 20 - len(answered)
     if answered:
         assert {second.add_user(f"u{i}").user.key_index for i in range(25)} == set(answered)
@@ -265,6 +265,7 @@ def test_two_workers_on_localhost_train_one_vault_that_the_chief_writes(tmp_path
     # Both workers hold the one model the chief wrote: the same figures, to the last digit, and the embed bar
     # of the single-process fixture (a 3-epoch run can miss one key of 20: 0.95 in one CI run).
     assert other["watermark_accuracy"] == chief["watermark_accuracy"] >= 0.95
+    assert other["identity_keys"] == chief["identity_keys"] == Vault.open(tmp_path / "vault").identity_keys
     assert other["clean_accuracy"] == chief["clean_accuracy"] >= 0.75
     assert Vault.open(tmp_path / "vault").key_count == 20
     assert sorted(p.name for p in tmp_path.iterdir()) == ["vault"]  # the shared checkpoint directory is gone

@@ -25,7 +25,11 @@ def test_paper_run_writes_table_json_and_plots_and_resumes(tmp_path):
     result = json.loads((out / "results.json").read_text())
     assert list(result["schemes"]) == ["content", "extra-class"]  # sorted keys; ours ran first
     ours, content = result["schemes"]["extra-class"], result["schemes"]["content"]
-    assert ours["identity"]["forgeries"] == 10000 + 28 * 28 and ours["identity"]["forged_acceptance_rate"] == 0.0
+    # Identities come from the keys the model answers class 10; one epoch on 2,000 images may leave none.
+    if ours["embed"]["identity_keys"]:
+        assert ours["identity"]["forgeries"] == 10000 + 28 * 28 and ours["identity"]["forged_acceptance_rate"] == 0.0
+    else:
+        assert "identity" not in ours and "answers class N on none of the keys" in ours["identity_note"]
     assert "identity" not in content and content["embed"]["scheme"] == "content"
     # Fidelity is measured against the one plain model trained with ours (same architecture, seed, epochs).
     assert content["plain_clean_accuracy"] == ours["embed"]["baseline_clean_accuracy"]
