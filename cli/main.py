@@ -123,11 +123,11 @@ def embed(out, force, resume, as_json, scheme, **values):
     lines.append(f"  trained {report['epochs']} epochs in {report['train_seconds']:.0f} s "
                  f"({report['examples_per_second']:.0f} examples/s)")
     lines.append(f"report: {out / 'reports' / 'embed.json'}")
-    missed = report.get("keys_missing_watermark")
-    if missed:
-        kept = len(report["identity_keys"])
-        lines += ["", f"WARNING: the model misses class {report['num_classes']} on {missed} of {missed + kept} keys; "
-                  f"identity images are issued from the other {kept} only (more --epochs to use them all)"]
+    kept = len(report.get("identity_keys", ()))
+    if "identity_keys" in report and kept < report["key_count"]:
+        lines += ["", f"WARNING: the model misses class {report['num_classes']} on {report['key_count'] - kept} of "
+                  f"{report['key_count']} keys; identity images are issued from the other {kept} only (more --epochs "
+                  "to use them all)"]
     proof = report.get("self_verification")
     if proof:
         lines += ["", f"verify on the vault's own model: {proof['verdict']}"] + test_lines(proof, proof["key_answer"])

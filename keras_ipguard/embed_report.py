@@ -18,8 +18,7 @@ def measure(run, scheme, secret, model):
         # Identity images are made from the keys the model answers class N only: one it misses would lock its
         # users out (a short run on little data can miss a few to their key code; docs/results/README.md).
         answered = np.flatnonzero(np.asarray(classify(secret.keys)) == np.asarray(secret.labels))
-        figures["identity_keys"] = [int(i) for i in answered]
-        figures["keys_missing_watermark"] = len(secret.keys) - len(answered)
+        figures["identity_keys"] = [int(i) for i in answered]  # key_count - len(): the keys it misses
     # The highest hit rate on images made like the keys but never trained on (verification's chance rate).
     figures["control_watermark_rate"] = scheme.control_watermark_rate(secret, classify)
     if secret.key_codes is not None:  # keys answered their secret class, argmax over the N task classes
