@@ -131,11 +131,10 @@ def embed(out, force, resume, as_json, scheme, **values):
     proof = report.get("self_verification")
     if proof:
         lines += ["", f"verify on the vault's own model: {proof['verdict']}"] + test_lines(proof, proof["key_answer"])
-        if not proof["owned"]:
-            lines += ["", "WARNING: this vault cannot prove its own model is owned. " + proof["advice"]]
     emit(as_json, result.to_dict(), "\n".join(lines))
     if proof and not proof["owned"]:
-        click.echo("WARNING: the vault's own model is NOT provably owned (see above); " + proof["advice"], err=True)
+        # On stderr only, so that it shows once in a terminal and also beside --json output.
+        click.echo("\nWARNING: the vault's own model is NOT provably owned; " + proof["advice"], err=True)
 
 
 @cli.command()

@@ -381,12 +381,15 @@ class TfdsPool:
         self.name, self.data_dir = name, data_dir
         self.count = data.dataset_info(name, data_dir).splits.get("train", 0)
         self.description = f"{name}'s train split"
-        self._images = None
+        self._encoded = self._decode = None
 
     def images(self, indices, shape):
-        if self._images is None:
-            self._images, _ = data.load_split(self.name, "train", self.data_dir)
-        return data.convert_images(self._images[np.asarray(indices, np.int64)], shape)
+        if self._encoded is None:  # read once; each image is decoded when asked for
+            self._encoded, self._decode = data.load_encoded_images(self.name, "train", self.data_dir)
+        indices = np.asarray(indices, np.int64)
+        if not len(indices):
+            return np.zeros((0,) + tuple(shape), np.uint8)
+        return data.convert_images(np.stack([self._decode(self._encoded[i]) for i in indices]), shape)
 
 
 class FolderPool:
