@@ -27,6 +27,13 @@ def main():
 
     bench_serve.run()
     print()
+    if data_dir_has("mnist"):
+        from benchmarks import bench_keypool  # pylint: disable=import-outside-toplevel
+
+        bench_keypool.run()
+    else:
+        print("key-pool benchmark skipped: set TFDS_DATA_DIR to a directory holding mnist prepared by tfds")
+    print()
     if data_dir_has("fashion_mnist"):
         from benchmarks import bench_embed  # pylint: disable=import-outside-toplevel
 
