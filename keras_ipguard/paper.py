@@ -315,8 +315,11 @@ def prune_plot(result):
                           label=scheme)
         axis.plot([p["rate"] for p in points], [p["clean_accuracy"] for p in points], linestyle="--",
                   color=line.get_color(), alpha=0.5)
+        if all(p.get("key_code_accuracy") is not None for p in points):
+            axis.plot([p["rate"] for p in points], [p["key_code_accuracy"] for p in points], marker="D",
+                      linestyle=":", color=line.get_color(), label=f"{scheme}: key code")
     axis.set_xlabel("pruning rate (fraction of weights zeroed)")
-    axis.set_ylabel("watermark accuracy (solid) / clean accuracy (dashed)")
+    axis.set_ylabel("solid: watermark, dotted: key code,\ndashed: clean accuracy")
     axis.set_ylim(0, 1.05)
     axis.set_title(f"{result['dataset']}: watermark accuracy under magnitude pruning")
     axis.legend(fontsize="small")
@@ -335,8 +338,14 @@ def scatter_plot(result):
         for index, (scheme, row) in enumerate(_ordered(result)):
             point = row["unattacked"] if column == "unattacked" else row["attacks"][column]
             colour = colours[index % len(colours)]
-            axis.scatter(point["clean_accuracy"], point["watermark_accuracy"] or 0.0, s=60, label=scheme,
-                         color=colour if point["owned"] else "none", edgecolors=colour, linewidths=1.5)
+            fill = colour if point["owned"] else "none"
+            # A test the suspect does not allow (class N on a truncated copy) is left out, not drawn at 0.
+            if point.get("watermark_accuracy") is not None:
+                axis.scatter(point["clean_accuracy"], point["watermark_accuracy"], s=60, label=scheme,
+                             color=fill, edgecolors=colour, linewidths=1.5)
+            if point.get("key_code_accuracy") is not None:
+                axis.scatter(point["clean_accuracy"], point["key_code_accuracy"], s=60, marker="D",
+                             label=f"{scheme}: key code", color=fill, edgecolors=colour, linewidths=1.5)
         axis.set_title(column)
         axis.set_xlim(0, 1.02)
         axis.set_ylim(-0.02, 1.05)
@@ -346,7 +355,8 @@ def scatter_plot(result):
     for axis in axes[:, 0]:
         axis.set_ylabel("watermark accuracy")
     axes.flat[0].legend(fontsize="x-small", loc="lower left")
-    figure.suptitle(f"{result['dataset']}: clean vs watermark accuracy under each attack (hollow = not owned)")
+    figure.suptitle(f"{result['dataset']}: clean vs watermark accuracy under each attack (circles: the scheme's "
+                    "trigger test; diamonds: ours' key code; hollow = not owned)")
     figure.text(0.01, 0.005, provenance(result), fontsize=7, color="gray")
     return _png(figure)
 
