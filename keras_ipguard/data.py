@@ -10,8 +10,13 @@ the extra-class scheme (each scheme gives its own as `KeyStreams`):
 Every batch holds exactly k key samples, each with a freshly drawn random LSB
 plane (half of them keep their clean pixels), so the model learns class N for
 the key images and for every identity image made from them; and k negatives,
-other images of the key source with a uniform target over the task classes,
-so that class N means "one of these keys", not "an image like the keys".
+other images of the key source trained as "not N", so that class N means "one
+of these keys", not "an image like the keys". Their targets here are uniform
+over the task classes; the extra-class scheme's model (`free_negatives`, on by
+default) replaces them in its training step by its own task-class answer, so
+that only "not N" is asked: the uniform target flattened the task answers of
+everything like the keys, against the key code (docs/results/README.md, "Free
+negatives").
 
 How specific that is depends on training length: a look-alike the model cannot
 yet tell from a key keeps about half its probability on N, and N wins the

@@ -142,6 +142,7 @@ class WatermarkedClassifier(keras.Model):
         # Training settings (`set_prune_robustness`), not saved.
         self.prune_robustness, self.prune_robustness_start = 0.0, 0
         self.key_code_pull = 0.0
+        self.free_negatives = False
         self.backbone = backbone
         self.num_classes = int(num_classes)
         self.head = head or keras.layers.Dense(self.num_classes + 1, activation="softmax", name="head")
@@ -175,6 +176,12 @@ class WatermarkedClassifier(keras.Model):
         self.key_code_pull = float(weight)
         self.train_function = None
 
+    def set_free_negatives(self, free):
+        """Negatives (rows whose target has no class N and no one-hot task class) are trained only away from
+        class N, with the loss -log(1 - p_N), instead of toward their given task-class target."""
+        self.free_negatives = bool(free)
+        self.train_function = None
+
     def train_step(self, data):
         """Keras' step, plus the key-code pull and the pruning-robustness terms when their weights are > 0.
 
@@ -200,7 +207,7 @@ class WatermarkedClassifier(keras.Model):
         learns to keep its answers when a thief prunes it without
         re-estimating the BatchNormalization statistics.
         """
-        if not (self.prune_robustness or self.key_code_pull):
+        if not (self.prune_robustness or self.key_code_pull or self.free_negatives):
             return super().train_step(data)
         tf = _tensorflow()
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
@@ -209,17 +216,28 @@ class WatermarkedClassifier(keras.Model):
         with tf.GradientTape() as tape:
             features = self.backbone(x, training=True)
             predictions = self.head(features)
+            targets = self._free_negative_targets(y, predictions) if self.free_negatives else y
             # compute_loss already divides by the replicas; the gradients are summed over them.
-            loss = self.compute_loss(x, y, predictions, sample_weight)
+            loss = self.compute_loss(x, targets, predictions, sample_weight)
             if self.key_code_pull:
                 logs["pull_loss"] = self._key_code_pull_loss(features, y)
                 loss += self.key_code_pull * logs["pull_loss"] / replicas
             if self.prune_robustness:
                 logs["pruned_loss"] = tf.cond(self.optimizer.iterations >= self.prune_robustness_start,
-                                              lambda: self._pruned_loss(x, y), lambda: tf.zeros([]))
+                                              lambda: self._pruned_loss(x, y, targets), lambda: tf.zeros([]))
                 loss += self.prune_robustness * logs["pruned_loss"] / replicas
         self.optimizer.minimize(loss, self.trainable_variables, tape=tape)
-        return {**self.compute_metrics(x, y, predictions, sample_weight), **logs}
+        return {**self.compute_metrics(x, targets, predictions, sample_weight), **logs}
+
+    def _free_negative_targets(self, y, predictions):
+        # Cross-entropy against the model's own task-class distribution, renormalised without class N and held
+        # constant, has the gradient of -log(1 - p_N): away from class N, nothing asked of the task classes.
+        tf = _tensorflow()
+        n = self.num_classes
+        negative = (y[:, n] < 0.5) & (tf.reduce_max(y, axis=-1) < 0.99)
+        task = predictions[:, :n] / tf.maximum(tf.reduce_sum(predictions[:, :n], -1, keepdims=True), 1e-12)
+        own = tf.stop_gradient(tf.concat([task, tf.zeros_like(predictions[:, n:])], axis=-1))
+        return tf.where(negative[:, None], tf.cast(own, y.dtype), y)
 
     def _key_code_pull_loss(self, features, y):
         tf = _tensorflow()
@@ -241,13 +259,13 @@ class WatermarkedClassifier(keras.Model):
         distances = tf.nn.relu(to_code - to_impostor + KEY_CODE_PULL_MARGIN)
         return tf.reduce_sum(distances * pulled) / tf.maximum(tf.reduce_sum(pulled), 1.0)
 
-    def _pruned_loss(self, x, y):
+    def _pruned_loss(self, x, y, targets):
         tf = _tensorflow()
         rows = tf.range(tf.shape(y)[0]) < PRUNE_ROBUSTNESS_TASK_ROWS
         rows = rows | (y[:, self.num_classes] > 0.5) | (tf.reduce_max(y, axis=-1) < 0.99)
         with magnitude_pruned(self, tf.random.uniform([], *PRUNE_ROBUSTNESS_RATES)):
             pruned = self(tf.boolean_mask(x, rows), training=False)
-        return tf.reduce_mean(keras.losses.categorical_crossentropy(tf.boolean_mask(y, rows), pruned))
+        return tf.reduce_mean(keras.losses.categorical_crossentropy(tf.boolean_mask(targets, rows), pruned))
 
     def task_probabilities(self, inputs):
         """The N task-class probabilities with the watermark class removed and renormalised."""

@@ -168,7 +168,7 @@ def test_options_and_defaults_come_from_the_library_and_experiments_stay_in_pyth
     embed_help = run("embed", "--help").output
     assert f"[extra-class; default: {DEFAULT_KERNEL_SCALE}]" in " ".join(embed_help.split())
     assert "--any-keys" in embed_help and "--epsilon" in embed_help and "frontier-stitching" in embed_help
-    for experimental in ("--key-jitter", "--negative-weight", "--negative-class"):
+    for experimental in ("--key-jitter", "--negative-weight", "--negative-class", "--free-negatives"):
         assert experimental not in embed_help
     assert run("embed", "--dataset", "mnist", "--key-jitter", "--out", "v").exit_code == 2
     finetune_help = " ".join(run("attack", "finetune", "--help").output.split())

@@ -244,3 +244,30 @@ def test_the_key_code_pull_is_a_margin_hinge_on_each_key_s_distance_to_its_secre
     assert expected[0] > 0 and expected[1] > 0 and expected[2] == 0
     got = float(model._key_code_pull_loss(features, y))
     assert got == pytest.approx(sum(expected) / 3, rel=1e-5)
+
+
+def test_free_negatives_are_trained_only_away_from_class_n(tiny_inputs):
+    """A negative's loss is -log(1 - p_N): the same gradient, row by row, and no target among the task classes."""
+    from keras_ipguard import keycode
+
+    tf = _tensorflow()
+    keras.utils.set_random_seed(1)
+    model = WatermarkedClassifier(build_backbone("small_cnn", (28, 28, 1)), num_classes=10)
+    model.head.set_weights([w * 20 for w in model.head.get_weights()])  # a peaked, non-uniform output
+    uniform = np.where(np.arange(11) < 10, 0.1, 0.0).astype(np.float32)
+    y = tf.constant(np.concatenate([np.eye(11, dtype=np.float32)[[3, 10]],  # a task row, a one-hot key row
+                                    keycode.soft_targets(np.array([4]), 10, 0.2),  # a key with its code
+                                    np.stack([uniform] * 3)]))  # three negatives
+    negative = np.arange(6) >= 3
+    with tf.GradientTape(persistent=True) as tape:
+        predictions = model(tiny_inputs, training=False)
+        targets = model._free_negative_targets(y, predictions)
+        ours = tf.reduce_sum(tf.boolean_mask(keras.losses.categorical_crossentropy(targets, predictions), negative))
+        away = tf.reduce_sum(tf.boolean_mask(-tf.math.log(1.0 - predictions[:, 10]), negative))
+    targets = np.asarray(targets)
+    np.testing.assert_array_equal(targets[:3], np.asarray(y)[:3])  # task and key rows keep their targets
+    assert np.all(targets[3:, 10] == 0) and np.allclose(targets[3:].sum(axis=1), 1)
+    assert not np.allclose(targets[3:], uniform, atol=0.05)  # the model's own distribution, not the uniform one
+    weights = model.trainable_variables
+    for got, want in zip(tape.gradient(ours, weights), tape.gradient(away, weights)):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-3, atol=1e-6)

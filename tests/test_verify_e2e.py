@@ -1,8 +1,8 @@
 """`ipguard verify` and model-bound `ipguard authenticate` on real Fashion-MNIST models.
 
-The vault's model is trained briefly but with a large key share (0.4), so that it
-learns the specific keys rather than "any digit" in about a minute of CPU; the
-innocent suspects must all read as not owned.
+The vault's model is trained on 3,000 images with a large key share (0.4: as many
+negatives again, so 80% of each batch is key-source images) for about 1,150
+steps; the innocent suspects must all read as not owned.
 """
 
 import json
@@ -26,7 +26,12 @@ pytestmark = [
     ),
 ]
 SUBSET = ["--dataset", "fashion_mnist", "--max-train-examples", "3000", "--max-test-examples", "1000"]
-OVERWHELMING = 1e-20  # this fixture's evidence: 100 keys, a watermark chance rate near 0.5
+# This fixture's evidence, each run drawing a fresh owner secret (2-core CPU, 2026-12-03): with negatives trained
+# toward a uniform task answer (the default until then), key code about 0.46 (CI's run), 0.60 and 0.75, with 95-97%
+# of the key-source controls on class N: combined p = 1.8e-19 (CI failed on it), 1.2e-28 and 4.6e-52 (200 keys
+# did worse: key code 0.35 and 0.40); with free negatives (the default now), key code 0.96 and 0.98, class-N
+# controls 0.14 and 0.20, p = 4.8e-78 and 1.0e-91.
+OVERWHELMING = 1e-20
 
 
 def ipguard(*args):
@@ -72,9 +77,7 @@ def test_the_vaults_own_model_is_owned_with_overwhelming_evidence(owner):
     result = ipguard("verify", "--vault", owner.path, "--json")
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
-    # Far past the 1e-12 bar. It was < 1e-30 before the key-code pull became a margin hinge, which leaves a
-    # weaker key code (docs/results/README.md, "The pull as a margin hinge"): one fixture run in three then
-    # gave p = 6.7e-27 (both tests about 3e-27).
+    # Far past the 1e-12 bar (see OVERWHELMING).
     assert report["owned"] and report["watermark_accuracy"] == 1.0 and report["p_value"] < OVERWHELMING
     assert set(report["chance_rates"]) == {"key_source", "task"}
 
@@ -88,6 +91,7 @@ def test_embed_proves_its_own_model_with_every_test(owner):
 def test_embed_reports_the_default_key_code(owner):
     report = json.loads((owner.path / "reports" / "embed.json").read_text())
     assert report["key_code"] == 0.2 and report["key_code_pull"] == 0.3 and len(owner.key_codes) == 100
+    assert report["free_negatives"] is True
     # Class N keeps every key and identity image here (key share 0.4, ~1,150 steps), beside the key code.
     assert report["watermark_accuracy"] == 1.0 and report["identity_watermark_accuracy"] == 1.0
     assert report["false_watermark_rate"] <= 0.02

@@ -9,6 +9,11 @@ class N too. After training, every BatchNormalization-fed kernel is scaled up
 third of the steps a pruning-robustness term keeps the answers of the model
 magnitude-pruned.
 
+Negatives are trained only away from class N (`free_negatives`: the loss
+-log(1 - p_N), no task class asked of them): a uniform target over the task
+classes flattened the task answers of every image like the keys, against the
+key code, and left more of the key source answering N.
+
 The hidden key code (`keycode`): each key also learns a secret task class
 c_i, a share of its target (`key_code`) plus a pull of its normalised
 features toward those of class c_i's images in the batch (`key_code_pull`:
@@ -69,6 +74,8 @@ class ExtraClassConfig:
                                    "by a margin (a re-trained last layer still maps it there). "
                                    "0: off; tf_keras models only.", kind=float, low=0)
     # Experimental (Python only): see keras_ipguard.data's docstring for what they did.
+    free_negatives: bool = setting(True, "Train negatives only away from class N (loss -log(1 - p_N)); off: toward "
+                                   "negative_class, or a uniform answer over the task classes.", cli=False)
     negatives: int = setting(data.DEFAULT_NEGATIVES, "Key-source images trained as not class N.", kind=int, low=0,
                              cli=False)
     negative_weight: float = setting(1.0, "Loss weight of a negative.", kind=float, low=0, open_bounds=True,
@@ -150,7 +157,7 @@ class ExtraClass(Scheme):
         depth = self.output_units(num_classes)
         if self.config.negative_class is not None:
             target = np.eye(depth, dtype=np.float32)[self.config.negative_class]
-        else:  # uniform over the task classes: anything but N
+        else:  # uniform over the task classes; with free negatives, train_step asks only "not N" of them
             target = np.array([1.0 / num_classes] * num_classes + [0.0], np.float32)
         if secret.key_codes is not None:
             share = self.config.key_code if self.config.key_code is not None else DEFAULT_KEY_CODE
@@ -180,7 +187,12 @@ class ExtraClass(Scheme):
         pull = self.config.key_code_pull if secret.key_codes is not None else 0.0
         if pull and hasattr(model, "set_key_code_pull"):  # a WatermarkedClassifier (not a Keras 3 base model)
             model.set_key_code_pull(pull)
-        run.report.update(prune_robustness=weight, key_code=self.key_code_share(run.arch),
+        # A WatermarkedClassifier (not a Keras 3 base model), unless negatives are given a task class.
+        free = (self.config.free_negatives and self.config.negative_class is None
+                and hasattr(model, "set_free_negatives"))
+        if free:
+            model.set_free_negatives(True)
+        run.report.update(free_negatives=free, prune_robustness=weight, key_code=self.key_code_share(run.arch),
                           key_code_pull=pull if hasattr(model, "set_key_code_pull") else 0.0)
         run.fit(model, pipeline)
         return secret
