@@ -13,7 +13,7 @@ the key images and for every identity image made from them; and k negatives,
 other images of the key source trained as "not N", so that class N means "one
 of these keys", not "an image like the keys". Their targets here are uniform
 over the task classes; the extra-class scheme's model (`free_negatives`, on by
-default) replaces them in its training step by its own task-class answer, so
+default but for a user's base model) replaces them in its training step by its own task-class answer, so
 that only "not N" is asked: the uniform target flattened the task answers of
 everything like the keys, against the key code (docs/results/README.md, "Free
 negatives").

@@ -10,9 +10,10 @@ third of the steps a pruning-robustness term keeps the answers of the model
 magnitude-pruned.
 
 Negatives are trained only away from class N (`free_negatives`: the loss
--log(1 - p_N), no task class asked of them): a uniform target over the task
-classes flattened the task answers of every image like the keys, against the
-key code, and left more of the key source answering N.
+-log(1 - p_N), no task class asked of them; off for a user's base model): a
+uniform target over the task classes flattened the task answers of every
+image like the keys, against the key code, and left more of the key source
+answering N.
 
 The hidden key code (`keycode`): each key also learns a secret task class
 c_i, a share of its target (`key_code`) plus a pull of its normalised
@@ -74,8 +75,9 @@ class ExtraClassConfig:
                                    "by a margin (a re-trained last layer still maps it there). "
                                    "0: off; tf_keras models only.", kind=float, low=0)
     # Experimental (Python only): see keras_ipguard.data's docstring for what they did.
-    free_negatives: bool = setting(True, "Train negatives only away from class N (loss -log(1 - p_N)); off: toward "
-                                   "negative_class, or a uniform answer over the task classes.", cli=False)
+    free_negatives: bool | None = setting(None, "Train negatives only away from class N (loss -log(1 - p_N)); off: "
+                                          "toward negative_class, or a uniform answer over the task classes.",
+                                          cli=False, default_text="on; off for --base-model (not measured there)")
     negatives: int = setting(data.DEFAULT_NEGATIVES, "Key-source images trained as not class N.", kind=int, low=0,
                              cli=False)
     negative_weight: float = setting(1.0, "Loss weight of a negative.", kind=float, low=0, open_bounds=True,
@@ -174,6 +176,13 @@ class ExtraClass(Scheme):
             return self.config.key_code
         return 0.0 if arch == "base_model" else DEFAULT_KEY_CODE
 
+    def free_negatives(self, arch):
+        """Whether negatives are trained only away from class N: as set, else on but for a user's base model (its
+        one run measured, a tf_keras model fine-tuned on 40 keys, kept class N on 30 of them instead of 38-40)."""
+        if self.config.free_negatives is not None:
+            return self.config.free_negatives
+        return arch != "base_model"
+
     def prune_robustness(self, arch):
         weight = self.config.prune_robustness
         return DEFAULT_PRUNE_ROBUSTNESS[arch] if weight is None else weight
@@ -188,7 +197,7 @@ class ExtraClass(Scheme):
         if pull and hasattr(model, "set_key_code_pull"):  # a WatermarkedClassifier (not a Keras 3 base model)
             model.set_key_code_pull(pull)
         # A WatermarkedClassifier (not a Keras 3 base model), unless negatives are given a task class.
-        free = (self.config.free_negatives and self.config.negative_class is None
+        free = (self.free_negatives(run.arch) and self.config.negative_class is None
                 and hasattr(model, "set_free_negatives"))
         if free:
             model.set_free_negatives(True)
