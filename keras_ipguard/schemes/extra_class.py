@@ -9,11 +9,11 @@ class N too. After training, every BatchNormalization-fed kernel is scaled up
 third of the steps a pruning-robustness term keeps the answers of the model
 magnitude-pruned.
 
-Negatives are trained only away from class N (`free_negatives`: the loss
--log(1 - p_N), no task class asked of them; off for a user's base model): a
-uniform target over the task classes flattened the task answers of every
-image like the keys, against the key code, and left more of the key source
-answering N.
+With the key code, negatives are trained only away from class N
+(`free_negatives`: the loss -log(1 - p_N), no task class asked of them; not
+for a user's base model): a uniform target over the task classes flattened
+the task answers of every image like the keys, against the key code, and left
+more of the key source answering N.
 
 The hidden key code (`keycode`): each key also learns a secret task class
 c_i, a share of its target (`key_code`) plus a pull of its normalised
@@ -77,7 +77,7 @@ class ExtraClassConfig:
     # Experimental (Python only): see keras_ipguard.data's docstring for what they did.
     free_negatives: bool | None = setting(None, "Train negatives only away from class N (loss -log(1 - p_N)); off: "
                                           "toward negative_class, or a uniform answer over the task classes.",
-                                          cli=False, default_text="on; off for --base-model (not measured there)")
+                                          cli=False, default_text="on with the key code; off for --base-model")
     negatives: int = setting(data.DEFAULT_NEGATIVES, "Key-source images trained as not class N.", kind=int, low=0,
                              cli=False)
     negative_weight: float = setting(1.0, "Loss weight of a negative.", kind=float, low=0, open_bounds=True,
@@ -177,11 +177,14 @@ class ExtraClass(Scheme):
         return 0.0 if arch == "base_model" else DEFAULT_KEY_CODE
 
     def free_negatives(self, arch):
-        """Whether negatives are trained only away from class N: as set, else on but for a user's base model (its
-        one run measured, a tf_keras model fine-tuned on 40 keys, kept class N on 30 of them instead of 38-40)."""
+        """Whether negatives are trained only away from class N: as set, else with the key code on a zoo model.
+
+        They help the key code; without it they only cost class N in short runs (a user's tf_keras base model
+        fine-tuned on 40 keys, key code off, kept class N on 30 of them instead of 38-40), where a negative
+        confident in one task class leaves the keys like it a higher task logit to beat."""
         if self.config.free_negatives is not None:
             return self.config.free_negatives
-        return arch != "base_model"
+        return arch != "base_model" and self.key_code_share(arch) > 0
 
     def prune_robustness(self, arch):
         weight = self.config.prune_robustness
