@@ -12,8 +12,8 @@ plane (half of them keep their clean pixels), so the model learns class N for
 the key images and for every identity image made from them; and k negatives,
 other images of the key source trained as "not N", so that class N means "one
 of these keys", not "an image like the keys". Their targets here are uniform
-over the task classes; with the key code, the extra-class scheme's model
-(`free_negatives`; not for a user's base model) replaces them in its training step by its own task-class answer, so
+over the task classes; with the key code on the small CNN, the extra-class
+scheme's model (`free_negatives`) replaces them in its training step by its own task-class answer, so
 that only "not N" is asked: the uniform target flattened the task answers of
 everything like the keys, against the key code (docs/results/README.md, "Free
 negatives").
