@@ -13,10 +13,10 @@ the key images and for every identity image made from them; and k negatives,
 other images of the key source trained as "not N", so that class N means "one
 of these keys", not "an image like the keys". Their targets here are uniform
 over the task classes; with the key code on the small CNN, the extra-class
-scheme's model (`free_negatives`) replaces them in its training step by its own task-class answer, so
-that only "not N" is asked: the uniform target flattened the task answers of
-everything like the keys, against the key code (docs/results/README.md, "Free
-negatives").
+scheme's model (`free_negatives`) replaces them in its training step by its
+own task-class answer, so that only "not N" is asked: the uniform target
+flattened the task answers of everything like the keys, against the key code
+(docs/results/README.md, "Free negatives").
 
 How specific that is depends on training length: a look-alike the model cannot
 yet tell from a key keeps about half its probability on N, and N wins the

@@ -11,9 +11,9 @@ magnitude-pruned.
 
 With the key code on the small CNN, negatives are trained only away from
 class N (`free_negatives`: the loss -log(1 - p_N), no task class asked of
-them; not yet measured on a full run elsewhere): a uniform target over the task classes flattened
-the task answers of every image like the keys, against the key code, and left
-more of the key source answering N.
+them; not yet measured on a full run elsewhere): a uniform target over the
+task classes flattened the task answers of every image like the keys,
+against the key code, and left more of the key source answering N.
 
 The hidden key code (`keycode`): each key also learns a secret task class
 c_i, a share of its target (`key_code`) plus a pull of its normalised
