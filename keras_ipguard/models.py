@@ -36,6 +36,14 @@ _THRESHOLD_SAMPLE = 2048  # kernel entries sampled to estimate a layer's magnitu
 # class's by this much (squared distance): a short Fashion-MNIST run pulled to the mean itself lost class N on
 # 1-5 of 20 keys, with this margin on none. See docs/results/README.md, "The hidden key code".
 KEY_CODE_PULL_MARGIN = 0.5
+# Drift robustness (`WatermarkedClassifier.set_drift_robustness`): training
+# steps also score the batch's key rows through the model with Gaussian noise
+# of one random standard deviation in [0, the set maximum] added to every
+# Dense/Conv2D kernel entry, BatchNormalization in inference mode. Adam moves
+# every weight by about its learning rate a step whatever the weight's size, so
+# a fine-tuning thief's drift is about the same in absolute terms in every
+# layer (0.011-0.022 RMS per kernel after 10 epochs of the informed attacker's
+# Adam on a Fashion-MNIST small CNN): noise of one absolute size imitates it.
 _FAR = 1e3  # beyond any squared distance of unit vectors' means: masks classes absent from the batch
 
 
@@ -143,6 +151,7 @@ class WatermarkedClassifier(keras.Model):
         self.prune_robustness, self.prune_robustness_start = 0.0, 0
         self.key_code_pull = 0.0
         self.free_negatives = False
+        self.drift_robustness, self.drift_noise, self.drift_robustness_start = 0.0, 0.0, 0
         self.backbone = backbone
         self.num_classes = int(num_classes)
         self.head = head or keras.layers.Dense(self.num_classes + 1, activation="softmax", name="head")
@@ -206,8 +215,16 @@ class WatermarkedClassifier(keras.Model):
         gradient reaches the unpruned weights through the masks, so the model
         learns to keep its answers when a thief prunes it without
         re-estimating the BatchNormalization statistics.
+
+        Drift robustness (`drift_robustness`): from step `drift_robustness_start`
+        on, also the cross-entropy of the batch's key rows (target class N and
+        their key code) through this model in inference mode with every kernel
+        plus Gaussian noise of one standard deviation drawn in [0,
+        `drift_noise`] (absolute, like the drift of a thief's Adam steps), so
+        the keys keep their answers where fine-tuning moves the weights in
+        directions the task's data does not constrain.
         """
-        if not (self.prune_robustness or self.key_code_pull or self.free_negatives):
+        if not (self.prune_robustness or self.key_code_pull or self.free_negatives or self.drift_robustness):
             return super().train_step(data)
         tf = _tensorflow()
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
@@ -226,6 +243,10 @@ class WatermarkedClassifier(keras.Model):
                 logs["pruned_loss"] = tf.cond(self.optimizer.iterations >= self.prune_robustness_start,
                                               lambda: self._pruned_loss(x, y, targets), lambda: tf.zeros([]))
                 loss += self.prune_robustness * logs["pruned_loss"] / replicas
+            if self.drift_robustness:
+                logs["drift_loss"] = tf.cond(self.optimizer.iterations >= self.drift_robustness_start,
+                                             lambda: self._drifted_loss(x, y), lambda: tf.zeros([]))
+                loss += self.drift_robustness * logs["drift_loss"] / replicas
         self.optimizer.minimize(loss, self.trainable_variables, tape=tape)
         return {**self.compute_metrics(x, targets, predictions, sample_weight), **logs}
 
@@ -266,6 +287,28 @@ class WatermarkedClassifier(keras.Model):
         with magnitude_pruned(self, tf.random.uniform([], *PRUNE_ROBUSTNESS_RATES)):
             pruned = self(tf.boolean_mask(x, rows), training=False)
         return tf.reduce_mean(keras.losses.categorical_crossentropy(tf.boolean_mask(targets, rows), pruned))
+
+    def set_drift_robustness(self, weight, noise, start_step=0):
+        """Turns on the drift-robustness term of `train_step` (weight 0: off) from optimizer step `start_step`:
+        the key rows' loss with Gaussian noise of standard deviation up to `noise` on every kernel."""
+        self.drift_robustness, self.drift_noise = float(weight), float(noise)
+        self.drift_robustness_start = int(start_step)
+        self.train_function = None
+
+    def _drifted_loss(self, x, y):
+        tf = _tensorflow()
+        rows = y[:, self.num_classes] > 0.5
+        std = tf.random.uniform([], 0.0, self.drift_noise)
+
+        def noisy(kernel):
+            return kernel + tf.random.normal(tf.shape(kernel), stddev=std, dtype=kernel.dtype)
+
+        def loss():
+            with swapped_kernels(prunable_layers(self), noisy):
+                drifted = self(tf.boolean_mask(x, rows), training=False)
+            return tf.reduce_mean(keras.losses.categorical_crossentropy(tf.boolean_mask(y, rows), drifted))
+
+        return tf.cond(tf.reduce_any(rows), loss, lambda: tf.zeros([]))  # an empty batch fails on the CPU
 
     def task_probabilities(self, inputs):
         """The N task-class probabilities with the watermark class removed and renormalised."""
@@ -336,15 +379,30 @@ def magnitude_pruned(model, rate):
     sample of the kernel's magnitudes.
     """
     tf = _tensorflow()
+
+    def pruned(kernel):
+        magnitudes = tf.reshape(tf.abs(kernel), [-1])
+        sample = tf.gather(magnitudes, tf.random.uniform([_THRESHOLD_SAMPLE], 0, tf.size(magnitudes), tf.int32))
+        threshold = tf.sort(sample)[tf.cast(rate * (_THRESHOLD_SAMPLE - 1), tf.int32)]
+        return kernel * tf.cast(tf.abs(kernel) >= threshold, kernel.dtype)
+
+    with swapped_kernels(prunable_layers(model), pruned):
+        yield
+
+
+@contextlib.contextmanager
+def swapped_kernels(layers, transform):
+    """Within the block, each of `layers` is called with `transform(kernel)` (a tensor) for its kernel.
+
+    For use while tracing a training step: the gradient reaches the kernel
+    variable through the transform; the variables are put back on exit.
+    """
     swapped = []
     try:
-        for layer in prunable_layers(model):
+        for layer in layers:
             kernel = layer.kernel
-            magnitudes = tf.reshape(tf.abs(kernel), [-1])
-            sample = tf.gather(magnitudes, tf.random.uniform([_THRESHOLD_SAMPLE], 0, tf.size(magnitudes), tf.int32))
-            threshold = tf.sort(sample)[tf.cast(rate * (_THRESHOLD_SAMPLE - 1), tf.int32)]
             # Bypasses Keras' attribute tracking, which would otherwise drop the variable from the layer.
-            object.__setattr__(layer, "kernel", kernel * tf.cast(tf.abs(kernel) >= threshold, kernel.dtype))
+            object.__setattr__(layer, "kernel", transform(kernel))
             swapped.append((layer, kernel))
         yield
     finally:

@@ -271,3 +271,33 @@ def test_free_negatives_are_trained_only_away_from_class_n(tiny_inputs):
     weights = model.trainable_variables
     for got, want in zip(tape.gradient(ours, weights), tape.gradient(away, weights)):
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-3, atol=1e-6)
+
+
+def test_the_drift_term_scores_only_the_key_rows_through_noisy_kernels_from_its_start_step(tiny_inputs):
+    tf = _tensorflow()
+    keras.utils.set_random_seed(2)
+    model = WatermarkedClassifier(build_backbone("small_cnn", (28, 28, 1)), num_classes=10)
+    y = np.eye(11, dtype=np.float32)[[3, 10, 10, 5, 10, 0]]  # key rows (target class N): 1, 2 and 4
+    keys = np.asarray(y[:, 10] > 0.5)
+    clean = keras.losses.categorical_crossentropy(y[keys], model(tiny_inputs[keys], training=False))
+
+    traced = tf.function(model._drifted_loss)  # as in a training step
+
+    def drifted_loss(rows):
+        return float(traced(tf.constant(tiny_inputs[rows]), tf.constant(y[rows])))
+
+    model.set_drift_robustness(1.0, 1e-12)  # no noise to speak of: the key rows' own inference-mode loss
+    assert drifted_loss(slice(None)) == pytest.approx(float(np.mean(clean)), rel=1e-5)
+    assert drifted_loss(~keys) == 0.0
+    model.set_drift_robustness(1.0, 0.05)
+    traced = tf.function(model._drifted_loss)
+    drifted = [drifted_loss(slice(None)) for _ in range(3)]
+    assert len(set(drifted)) == 3 and all(abs(d - float(np.mean(clean))) > 1e-3 for d in drifted)
+
+    rng = np.random.default_rng(3)
+    images = rng.integers(0, 256, (64, 28, 28, 1)).astype(np.float32)
+    targets = np.eye(11, dtype=np.float32)[rng.integers(0, 11, 64)]
+    model.set_drift_robustness(1.0, 0.03, 4)  # 2 steps an epoch
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="categorical_crossentropy")
+    late = model.fit(images, targets, batch_size=32, epochs=4, verbose=0).history["drift_loss"]
+    assert late[:2] == [0.0, 0.0] and min(late[2:]) > 0
