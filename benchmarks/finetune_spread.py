@@ -1,10 +1,12 @@
 """How much of the watermark FTAL leaves, over attack seeds, and which layer's drift erases it.
 
-    python benchmarks/finetune_spread.py VAULT [VAULT ...] [--optimizer adam] [--seeds 10] [--layers] [--renormalize]
+    python benchmarks/finetune_spread.py VAULT [VAULT ...] [--optimizer adam] [--seeds 10] [--first-seed 100]
+                                         [--layers] [--renormalize]
 
 For each vault: fine-tunes its model (FTAL by default, the attacks issue's
-settings) once per seed 0..S-1 (Keras seed 100+s: shuffling, dropout) and
-prints the watermark accuracy of each run, their mean and minimum. With
+settings) once per seed 0..S-1 (Keras seed F+s, F = --first-seed, default
+100: shuffling, dropout) and prints the watermark accuracy of each run, and
+its key-code accuracy where the vault has a key code, their means and minima. With
 --layers it then takes the run that kept the fewest keys and, one layer at a time,
 puts back that layer's original weights, printing the watermark accuracy
 that results and how far each weight moved (mean |dw| against mean |w|): the
@@ -49,6 +51,7 @@ def main(argv=None):
     parser.add_argument("--variant", choices=VARIANTS, default="FTAL")
     parser.add_argument("--optimizer", choices=("sgd", "adam"), default="adam")
     parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument("--first-seed", type=int, default=100, help="Keras seed of the first run")
     parser.add_argument("--layers", action="store_true",
                         help="also the per-layer restoration of the run that kept the fewest keys")
     parser.add_argument("--renormalize", action="store_true",
@@ -63,19 +66,23 @@ def main(argv=None):
         threat = threat_model(vault, args.data_dir, args.max_test_examples)
         runs, worst = [], None
         for seed in range(args.seeds):
-            keras.utils.set_random_seed(100 + seed)
+            keras.utils.set_random_seed(args.first_seed + seed)
             tuned = finetune_model(model, args.variant, threat.attack_x, threat.attack_y, optimizer=args.optimizer,
                                    renormalize=args.renormalize)
             figures = measure(threat, tuned, {"seed": seed}).to_dict()
-            runs.append({k: figures[k] for k in ("seed", "clean_accuracy", "watermark_accuracy", "owned", "p_value")})
+            runs.append({k: figures[k] for k in ("seed", "clean_accuracy", "watermark_accuracy", "key_code_accuracy",
+                                                 "owned", "p_value")})
             if worst is None or figures["watermark_accuracy"] < worst[0]:
                 worst = (figures["watermark_accuracy"], tuned)
             print(json.dumps({"vault": path, **runs[-1]}), flush=True)
-        accuracies = [run["watermark_accuracy"] for run in runs]
+        spread = {}
+        for figure in ("watermark_accuracy", "key_code_accuracy"):
+            accuracies = [run[figure] for run in runs if run[figure] is not None]
+            if accuracies:
+                spread.update({f"{figure}_mean": round(float(np.mean(accuracies)), 3),
+                               f"{figure}_min": min(accuracies), f"{figure}_max": max(accuracies)})
         print(json.dumps({"vault": path, "variant": args.variant, "optimizer": args.optimizer, "seeds": args.seeds,
-                          "renormalized": args.renormalize,
-                          "watermark_accuracy_mean": round(float(np.mean(accuracies)), 3),
-                          "watermark_accuracy_min": min(accuracies), "watermark_accuracy_max": max(accuracies),
+                          "first_seed": args.first_seed, "renormalized": args.renormalize, **spread,
                           "owned_runs": sum(run["owned"] for run in runs)}), flush=True)
         if args.layers:
             keys = vault.key_images
