@@ -109,13 +109,14 @@ class ExtraClass(Scheme):
     protects_base_models = True
 
     def check(self, run):
-        for flag, weight in (("--prune-robustness", self.config.prune_robustness),
-                             ("--drift-robustness", self.config.drift_robustness)):
-            if run.options.base_model and weight:
-                from ..models import keras_file_flavour, model_file
+        terms = [flag for flag, weight in (("--prune-robustness", self.config.prune_robustness),
+                                           ("--drift-robustness", self.config.drift_robustness)) if weight]
+        if run.options.base_model and terms:
+            from ..models import keras_file_flavour, model_file
 
-                if keras_file_flavour(model_file(run.options.base_model, "--base-model")) == "keras3":
-                    raise IPGuardError(f"{flag} trains tf_keras models only, not a Keras 3 --base-model; drop it")
+            if keras_file_flavour(model_file(run.options.base_model, "--base-model")) == "keras3":
+                raise IPGuardError(f"{' and '.join(terms)} train tf_keras models only, not a Keras 3 --base-model; "
+                                   "drop them")
         candidates = data.STEALTH_CANDIDATES if self.config.stealthy_keys else 1
         data.check_key_source(run.info.name, run.key_pool, run.options.keys,
                               self.config.negatives + data.DEFAULT_CONTROLS, candidates)
@@ -207,13 +208,12 @@ class ExtraClass(Scheme):
     def train(self, run, model):
         secret = self.make_secret(run)
         pipeline = run.pipeline(self, self.key_streams(secret, run.info.num_classes))
-        weight = self.prune_robustness(run.arch)
-        if weight:  # tf_keras models only (`check` refuses it for a Keras 3 base model)
-            model.set_prune_robustness(weight, int(pipeline[1] * run.epochs * PRUNE_ROBUSTNESS_FROM))
-        drift = self.config.drift_robustness
-        if drift:  # tf_keras models only (`check` refuses it for a Keras 3 base model)
-            model.set_drift_robustness(drift, self.config.drift_noise,
-                                       int(pipeline[1] * run.epochs * PRUNE_ROBUSTNESS_FROM))
+        weight, drift = self.prune_robustness(run.arch), self.config.drift_robustness
+        late = int(pipeline[1] * run.epochs * PRUNE_ROBUSTNESS_FROM)  # both terms join for the last third
+        if weight:  # tf_keras models only (`check` refuses them for a Keras 3 base model)
+            model.set_prune_robustness(weight, late)
+        if drift:
+            model.set_drift_robustness(drift, self.config.drift_noise, late)
         pull = self.config.key_code_pull if secret.key_codes is not None else 0.0
         if pull and hasattr(model, "set_key_code_pull"):  # a WatermarkedClassifier (not a Keras 3 base model)
             model.set_key_code_pull(pull)
