@@ -66,6 +66,7 @@ def test_embed_writes_a_vault_whose_report_has_the_design_metrics(embedded):
     # The small CNN's four convolutions feed BatchNormalization: all four carry the default kernel scale.
     assert report["scheme"] == "extra-class" and report["scheme_config"]["kernel_scale"] == 16.0
     assert report["kernels_rescaled"] == 4 and report["prune_robustness"] == 0.3 and report["drift_robustness"] == 0
+    assert report["drift_dense_only"] is False
     assert report["free_negatives"] is False  # they come with the key code, off here
     vault = Vault.open(out)
     assert vault.config["scheme"] == {"name": "extra-class", "config": report["scheme_config"]}

@@ -293,6 +293,13 @@ def test_the_drift_term_scores_only_the_key_rows_through_noisy_kernels_from_its_
     traced = tf.function(model._drifted_loss)
     drifted = [drifted_loss(slice(None)) for _ in range(3)]
     assert len(set(drifted)) == 3 and all(abs(d - float(np.mean(clean))) > 1e-3 for d in drifted)
+    kinds = [type(layer).__name__ for layer in model.drifting_layers()]
+    assert kinds.count("Conv2D") == 4 and kinds.count("Dense") == 2  # every kernel, the head's included
+    model.set_drift_robustness(1.0, 0.05, dense_only=True)
+    assert [layer.name for layer in model.drifting_layers()] == [layer.name for layer in prunable_layers(model)
+                                                                 if type(layer).__name__ == "Dense"]
+    traced = tf.function(model._drifted_loss)
+    assert all(abs(drifted_loss(slice(None)) - float(np.mean(clean))) > 1e-3 for _ in range(2))
 
     rng = np.random.default_rng(3)
     images = rng.integers(0, 256, (64, 28, 28, 1)).astype(np.float32)

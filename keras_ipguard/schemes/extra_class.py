@@ -89,6 +89,8 @@ class ExtraClassConfig:
                                       kind=float, low=0)
     drift_noise: float = setting(DEFAULT_DRIFT_NOISE, "The drift term's largest noise standard deviation.",
                                  kind=float, low=0, open_bounds=True, cli=False)
+    drift_dense_only: bool = setting(False, "The drift term adds its noise to the Dense kernels only (off: every "
+                                     "Dense/Conv2D kernel).", cli=False)
     negatives: int = setting(data.DEFAULT_NEGATIVES, "Key-source images trained as not class N.", kind=int, low=0,
                              cli=False)
     negative_weight: float = setting(1.0, "Loss weight of a negative.", kind=float, low=0, open_bounds=True,
@@ -213,7 +215,7 @@ class ExtraClass(Scheme):
         if weight:  # tf_keras models only (`check` refuses them for a Keras 3 base model)
             model.set_prune_robustness(weight, late)
         if drift:
-            model.set_drift_robustness(drift, self.config.drift_noise, late)
+            model.set_drift_robustness(drift, self.config.drift_noise, late, self.config.drift_dense_only)
         pull = self.config.key_code_pull if secret.key_codes is not None else 0.0
         if pull and hasattr(model, "set_key_code_pull"):  # a WatermarkedClassifier (not a Keras 3 base model)
             model.set_key_code_pull(pull)
@@ -223,6 +225,7 @@ class ExtraClass(Scheme):
         if free:
             model.set_free_negatives(True)
         run.report.update(free_negatives=free, prune_robustness=weight, drift_robustness=drift,
+                          drift_dense_only=bool(drift) and self.config.drift_dense_only,
                           key_code=self.key_code_share(run.arch),
                           key_code_pull=pull if hasattr(model, "set_key_code_pull") else 0.0)
         run.fit(model, pipeline)
