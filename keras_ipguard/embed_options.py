@@ -58,8 +58,10 @@ class EmbedOptions:
     baseline: bool = setting(False, "Also train without the watermark to measure fidelity_drop.")
     max_train_examples: int | None = setting(None, "Use only the first M training examples.", kind=int, low=1)
     max_test_examples: int | None = setting(None, "Use only the first M test examples.", kind=int, low=1)
-    key_share: float = setting(data.DEFAULT_KEY_SHARE, "Share of each batch given to key samples.", kind=float,
-                               low=0, high=0.5, open_bounds="low")
+    key_share: float | None = setting(None, "Share of each batch given to key samples.", kind=float, low=0, high=0.5,
+                                      open_bounds="low", default_text=f"1/{round(1 / data.DEFAULT_KEY_SHARE)}, raised "
+                                      f"up to 1/{round(1 / data.MAX_AUTO_KEY_SHARE)} in short runs until each key "
+                                      f"is in {data.MIN_KEY_VIEWS} batches")
     learning_rate: float | None = setting(None, "Initial learning rate.", kind=float, low=0, open_bounds=True,
                                           default_text="by architecture")
     scheme: object = "extra-class"

@@ -62,7 +62,7 @@ def embed_report(run, scheme, secret, figures):
         "trigger": secret.details or None,
         "key_source": secret.key_source,
         "keys": options.keys,
-        "key_share": options.key_share,
+        "key_share": run.report.get("key_share", options.key_share),
         "augmentation": run.augment,
         "seed": options.seed,
         "base_model": options.base_model,

@@ -111,8 +111,9 @@ def self_verification(path, model=None):
     result = verify(Vault.open(path), model).to_dict()
     keep = ("owned", "p_value", "threshold", "tests", "verdict", "key_answer", "num_outputs")
     return {**{name: result[name] for name in keep}, "advice": (
-        "" if result["owned"] else "train longer (--epochs) or on more data (--max-train-examples), or use more "
-        "keys (--keys), then embed again; `ipguard verify --vault` shows the tests")}
+        "" if result["owned"] else "train longer (--epochs) or on more data (--max-train-examples), or give the "
+        "keys more of each batch (--key-share, up to 0.25), then embed again; `ipguard verify --vault` shows the "
+        "tests")}
 
 
 def _write_vault(out, run, scheme, secret, model, report, force):

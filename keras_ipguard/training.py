@@ -204,8 +204,9 @@ class EmbedRun:
 
         In a multi-worker run, a `DatasetCreator`: each worker reads its own shard of the split, batched
         for its replicas."""
-        seed, share = self.options.seed, self.options.key_share if key_share is None else key_share
-        depth = scheme.output_units(self.info.num_classes)
+        seed, depth = self.options.seed, scheme.output_units(self.info.num_classes)
+        steps = max(1, self.train.count // self.global_batch)
+        share = key_share if key_share is not None else self.key_share(streams, steps)
 
         def build(context=None):
             shard, batch = None, self.global_batch
@@ -217,10 +218,17 @@ class EmbedRun:
             return data.training_dataset(records, self.train.count, depth, batch, streams, share, self.augment,
                                          seed)[0]
 
-        steps = max(1, self.train.count // self.global_batch)
         if self.multi_worker:
             return _keras().utils.experimental.DatasetCreator(build), steps
         return build(), steps
+
+    def key_share(self, streams, steps):
+        """The options' key share, or `data.auto_key_share` for this run's length and keys (reported)."""
+        keys = len(streams.keys) if streams is not None and streams.keys is not None else 0
+        share = self.options.key_share or data.auto_key_share(keys, steps * self.epochs, self.global_batch)
+        if keys:
+            self.report.setdefault("key_share", share)
+        return share
 
     def fit(self, model, pipeline, *, epochs=None, learning_rate=None, backup="backup", callbacks=()):
         """Compiles `model` under the strategy with the recipe and trains it on `pipeline`, checkpointing each epoch."""
