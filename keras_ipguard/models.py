@@ -155,7 +155,7 @@ class WatermarkedClassifier(keras.Model):
         self.key_code_pull = 0.0
         self.free_negatives = False
         self.drift_robustness, self.drift_noise, self.drift_robustness_start = 0.0, 0.0, 0
-        self.drift_dense_only = False
+        self.drift_dense_only, self.drift_adversarial = False, 0.0
         self.backbone = backbone
         self.num_classes = int(num_classes)
         self.head = head or keras.layers.Dense(self.num_classes + 1, activation="softmax", name="head")
@@ -293,12 +293,14 @@ class WatermarkedClassifier(keras.Model):
             pruned = self(tf.boolean_mask(x, rows), training=False)
         return tf.reduce_mean(keras.losses.categorical_crossentropy(tf.boolean_mask(targets, rows), pruned))
 
-    def set_drift_robustness(self, weight, noise, start_step=0, dense_only=False):
+    def set_drift_robustness(self, weight, noise, start_step=0, dense_only=False, adversarial=0.0):
         """Turns on the drift-robustness term of `train_step` (weight 0: off) from optimizer step `start_step`:
         the key rows' loss with Gaussian noise of standard deviation up to `noise` on every kernel, or on the
-        Dense kernels only."""
+        Dense kernels only; with `adversarial` > 0, instead of the noise each kernel is moved by that share of
+        its norm in the direction that most raises the key rows' loss (adversarial weight perturbation)."""
         self.drift_robustness, self.drift_noise = float(weight), float(noise)
         self.drift_robustness_start, self.drift_dense_only = int(start_step), bool(dense_only)
+        self.drift_adversarial = float(adversarial)
         self.train_function = None
 
     def drifting_layers(self):
@@ -315,9 +317,23 @@ class WatermarkedClassifier(keras.Model):
             return kernel + tf.random.normal(tf.shape(kernel), stddev=std, dtype=kernel.dtype)
 
         def loss():
-            with swapped_kernels(self.drifting_layers(), noisy):
-                drifted = self(tf.boolean_mask(x, rows), training=False)
-            return tf.reduce_mean(keras.losses.categorical_crossentropy(tf.boolean_mask(y, rows), drifted))
+            images, targets = tf.boolean_mask(x, rows), tf.boolean_mask(y, rows)
+            layers = self.drifting_layers()
+            drift = noisy
+            if self.drift_adversarial:
+                kernels = [layer.kernel for layer in layers]
+                with tf.GradientTape() as inner:
+                    own = tf.reduce_mean(keras.losses.categorical_crossentropy(targets, self(images, training=False)))
+                steps = {kernel.ref(): tf.stop_gradient(self.drift_adversarial * tf.norm(kernel) * step
+                                                        / (tf.norm(step) + 1e-12))
+                         for kernel, step in zip(kernels, inner.gradient(own, kernels))}
+
+                def drift(kernel):
+                    return kernel + steps[kernel.ref()]
+
+            with swapped_kernels(layers, drift):
+                drifted = self(images, training=False)
+            return tf.reduce_mean(keras.losses.categorical_crossentropy(targets, drifted))
 
         return tf.cond(tf.reduce_any(rows), loss, lambda: tf.zeros([]))  # an empty batch fails on the CPU
 

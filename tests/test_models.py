@@ -282,6 +282,7 @@ def test_the_drift_term_scores_only_the_key_rows_through_noisy_kernels_from_its_
     clean = keras.losses.categorical_crossentropy(y[keys], model(tiny_inputs[keys], training=False))
 
     traced = tf.function(model._drifted_loss)  # as in a training step
+    kernel_spread = [float(layer.kernel.numpy().std()) for layer in prunable_layers(model)]  # left as they were
 
     def drifted_loss(rows):
         return float(traced(tf.constant(tiny_inputs[rows]), tf.constant(y[rows])))
@@ -300,6 +301,16 @@ def test_the_drift_term_scores_only_the_key_rows_through_noisy_kernels_from_its_
                                                                  if type(layer).__name__ == "Dense"]
     traced = tf.function(model._drifted_loss)
     assert all(abs(drifted_loss(slice(None)) - float(np.mean(clean))) > 1e-3 for _ in range(2))
+    # Adversarial weight perturbation: the kernels move along the gradient of the key rows' loss, which rises
+    # with the step's size, the same every call (no noise).
+    adversarial = []
+    for share in (0.01, 0.05):
+        model.set_drift_robustness(1.0, 0.05, adversarial=share)
+        traced = tf.function(model._drifted_loss)
+        adversarial.append(drifted_loss(slice(None)))
+        assert drifted_loss(slice(None)) == pytest.approx(adversarial[-1], rel=1e-6)
+    assert float(np.mean(clean)) + 0.1 < adversarial[0] < adversarial[1] - 0.5
+    assert [float(layer.kernel.numpy().std()) for layer in prunable_layers(model)] == kernel_spread
 
     rng = np.random.default_rng(3)
     images = rng.integers(0, 256, (64, 28, 28, 1)).astype(np.float32)

@@ -91,6 +91,9 @@ class ExtraClassConfig:
                                  kind=float, low=0, open_bounds=True, cli=False)
     drift_dense_only: bool = setting(False, "The drift term adds its noise to the Dense kernels only (off: every "
                                      "Dense/Conv2D kernel).", cli=False)
+    drift_adversarial: float = setting(0.0, "The drift term moves each kernel by this share of its norm in the "
+                                       "direction that most raises the keys' loss, instead of random noise. 0: noise.",
+                                       kind=float, low=0, cli=False)
     negatives: int = setting(data.DEFAULT_NEGATIVES, "Key-source images trained as not class N.", kind=int, low=0,
                              cli=False)
     negative_weight: float = setting(1.0, "Loss weight of a negative.", kind=float, low=0, open_bounds=True,
@@ -215,7 +218,8 @@ class ExtraClass(Scheme):
         if weight:  # tf_keras models only (`check` refuses them for a Keras 3 base model)
             model.set_prune_robustness(weight, late)
         if drift:
-            model.set_drift_robustness(drift, self.config.drift_noise, late, self.config.drift_dense_only)
+            model.set_drift_robustness(drift, self.config.drift_noise, late, self.config.drift_dense_only,
+                                       self.config.drift_adversarial)
         pull = self.config.key_code_pull if secret.key_codes is not None else 0.0
         if pull and hasattr(model, "set_key_code_pull"):  # a WatermarkedClassifier (not a Keras 3 base model)
             model.set_key_code_pull(pull)
