@@ -198,11 +198,13 @@ needs_data = pytest.mark.skipif(not os.path.isdir(os.path.join(SHARED_TFDS, "fas
 
 @needs_data
 @pytest.mark.slow
-@pytest.mark.parametrize("scheme", ["content", "frontier-stitching"])
-def test_embed_scheme_on_real_data_learns_its_triggers(tmp_path, scheme):
+# Frontier stitching trains 3 epochs and then stitches up to 5 more (a quarter of each batch its triggers): on
+# half the images it still learnt them (0.98, clean 0.832-0.838, two runs, 2026-12-03) in half the time.
+@pytest.mark.parametrize(("scheme", "images"), [("content", 12000), ("frontier-stitching", 6000)])
+def test_embed_scheme_on_real_data_learns_its_triggers(tmp_path, scheme, images):
     out = tmp_path / scheme
     result = CliRunner().invoke(cli, ["embed", "--dataset", "fashion_mnist", "--scheme", scheme, "--epochs", "3",
-                                      "--max-train-examples", "12000", "--max-test-examples", "1000",
+                                      "--max-train-examples", str(images), "--max-test-examples", "1000",
                                       "--out", str(out), "--data-dir", SHARED_TFDS, "--json"])
     assert result.exit_code == 0, result.output[-3000:]
     report = json.loads(result.stdout)
