@@ -46,9 +46,10 @@ DEFAULT_KEY_SHARE = 1 / 16
 # Unless given, short runs raise it (`auto_key_share`) until each key is in at
 # least this many batches, up to MAX_AUTO_KEY_SHARE. The issue's short run
 # (Fashion-MNIST, 3 epochs, 20,000 images, 100 keys) at 1/16 saw each key 38
-# times and was not provably owned; at 1/8 (75 times) it was, at the same
-# clean accuracy (docs/results/README.md, "Short runs: a key share by run
-# length"). Full runs are left at 1/16 (Fashion-MNIST's: 563 times).
+# times and was not provably owned on two seeds of two; at 1/8 (75 times) it
+# was on four of four, for 0.2-1.0 points of clean accuracy
+# (docs/results/README.md, "Short runs: a key share by run length"). Full
+# runs are left at 1/16 (Fashion-MNIST's: 563 times).
 MIN_KEY_VIEWS = 75
 MAX_AUTO_KEY_SHARE = 1 / 8
 # ITU-R 601 luma (PIL's convert("L")): RGB images to a grayscale task.

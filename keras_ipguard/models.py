@@ -45,8 +45,10 @@ KEY_CODE_PULL_MARGIN = 0.5
 # layer (0.011-0.022 RMS per kernel after 10 epochs of the informed attacker's
 # Adam on a Fashion-MNIST small CNN): noise of one absolute size imitates it.
 # Or to the Dense kernels only (`drift_dense_only`): on Fashion-MNIST the thief's
-# drift that erased the key code sat in the un-normalised Dense layer (see
-# docs/results/README.md, "Drift robustness").
+# drift that erased the key code sat in the un-normalised Dense layer. Or,
+# instead of noise, each kernel moved by a share of its norm along the key
+# rows' loss gradient (`drift_adversarial`: adversarial weight perturbation, as
+# in Gan et al., ICCV 2023). See docs/results/README.md, "Drift robustness".
 _FAR = 1e3  # beyond any squared distance of unit vectors' means: masks classes absent from the batch
 
 
@@ -304,7 +306,7 @@ class WatermarkedClassifier(keras.Model):
         self.train_function = None
 
     def drifting_layers(self):
-        """The layers whose kernels the drift term adds noise to."""
+        """The layers whose kernels the drift term moves."""
         return [layer for layer in prunable_layers(self)
                 if not self.drift_dense_only or isinstance(layer, keras.layers.Dense)]
 

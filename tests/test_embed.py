@@ -66,7 +66,7 @@ def test_embed_writes_a_vault_whose_report_has_the_design_metrics(embedded):
     # The small CNN's four convolutions feed BatchNormalization: all four carry the default kernel scale.
     assert report["scheme"] == "extra-class" and report["scheme_config"]["kernel_scale"] == 16.0
     assert report["kernels_rescaled"] == 4 and report["prune_robustness"] == 0.3 and report["drift_robustness"] == 0
-    assert report["drift_dense_only"] is False
+    assert report["drift_dense_only"] is False and report["drift_adversarial"] == 0
     # A short run: 3 epochs of 46 batches of 128 would show each of the 20 keys 27 times at 1/16; raised to 75.
     assert report["key_share"] == pytest.approx(75 * 20 / (3 * 46 * 128)) and report["key_share"] > 1 / 16
     assert report["free_negatives"] is False  # they come with the key code, off here

@@ -230,6 +230,7 @@ class ExtraClass(Scheme):
             model.set_free_negatives(True)
         run.report.update(free_negatives=free, prune_robustness=weight, drift_robustness=drift,
                           drift_dense_only=bool(drift) and self.config.drift_dense_only,
+                          drift_adversarial=self.config.drift_adversarial if drift else 0.0,
                           key_code=self.key_code_share(run.arch),
                           key_code_pull=pull if hasattr(model, "set_key_code_pull") else 0.0)
         run.fit(model, pipeline)
