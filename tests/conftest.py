@@ -9,7 +9,12 @@ import threading
 import numpy as np
 import pytest
 
-import keras_ipguard  # noqa: F401  (routes TensorFlow to tf_keras before any test imports it)
+# Under pytest-xdist with a worker per core (`make test`), each worker's TensorFlow would otherwise run its ops
+# on a thread per core, so the workers' threads contend for the cores: one op thread each.
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0")) >= (os.cpu_count() or 1):
+    os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
+
+import keras_ipguard  # noqa: E402,F401  (routes TensorFlow to tf_keras before any test imports it)
 from keras_ipguard import Vault
 
 SHARED_TFDS = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "tensorflow_datasets")
