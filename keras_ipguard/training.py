@@ -202,11 +202,18 @@ class EmbedRun:
     def pipeline(self, scheme, streams=None, key_share=None):
         """(dataset, steps per epoch): the task's training split, streamed and shuffled, merged with `streams`.
 
+        `key_share` defaults to `--key-share`, else `data.auto_key_share` for this run's length; the first
+        pipeline with keys puts its share in the report.
+
         In a multi-worker run, a `DatasetCreator`: each worker reads its own shard of the split, batched
         for its replicas."""
         seed, depth = self.options.seed, scheme.output_units(self.info.num_classes)
         steps = max(1, self.train.count // self.global_batch)
-        share = key_share if key_share is not None else self.key_share(streams, steps)
+        keys = len(streams.keys) if streams is not None and streams.keys is not None else 0
+        if key_share is None:  # the options', else raised in short runs until each key is seen enough
+            key_share = self.options.key_share or data.auto_key_share(keys, steps * self.epochs, self.global_batch)
+        if keys:
+            self.report.setdefault("key_share", key_share)  # the first keyed pipeline's: what embed.json reports
 
         def build(context=None):
             shard, batch = None, self.global_batch
@@ -215,20 +222,12 @@ class EmbedRun:
                 if context.num_input_pipelines > 1:
                     shard = (context.num_input_pipelines, context.input_pipeline_id)
             records = self.train.dataset(seed, shard)
-            return data.training_dataset(records, self.train.count, depth, batch, streams, share, self.augment,
+            return data.training_dataset(records, self.train.count, depth, batch, streams, key_share, self.augment,
                                          seed)[0]
 
         if self.multi_worker:
             return _keras().utils.experimental.DatasetCreator(build), steps
         return build(), steps
-
-    def key_share(self, streams, steps):
-        """The options' key share, or `data.auto_key_share` for this run's length and keys (reported)."""
-        keys = len(streams.keys) if streams is not None and streams.keys is not None else 0
-        share = self.options.key_share or data.auto_key_share(keys, steps * self.epochs, self.global_batch)
-        if keys:
-            self.report.setdefault("key_share", share)
-        return share
 
     def fit(self, model, pipeline, *, epochs=None, learning_rate=None, backup="backup", callbacks=()):
         """Compiles `model` under the strategy with the recipe and trains it on `pipeline`, checkpointing each epoch."""

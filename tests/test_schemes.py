@@ -209,6 +209,8 @@ def test_embed_scheme_on_real_data_learns_its_triggers(tmp_path, scheme, images)
     assert result.exit_code == 0, result.output[-3000:]
     report = json.loads(result.stdout)
     assert report["scheme"] == scheme and report["false_watermark_rate"] is None
+    # The share the keys trained at: content's short run raised to 1/8; frontier stitching's boosted stitch share.
+    assert report["key_share"] == {"content": 0.125, "frontier-stitching": 0.25}[scheme]
     assert report["watermark_accuracy"] >= 0.9 and report["clean_accuracy"] >= 0.8
     vault = Vault.open(out)
     assert schemes.of_vault(vault).name == scheme and vault.watermark_class is None and len(vault.key_labels) == 100
