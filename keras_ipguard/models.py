@@ -154,7 +154,7 @@ class WatermarkedClassifier(keras.Model):
         super().__init__(**kwargs)
         # Training settings (`set_prune_robustness`), not saved.
         self.prune_robustness, self.prune_robustness_start = 0.0, 0
-        self.key_code_pull, self.key_code_mixup = 0.0, 0.0
+        self.key_code_pull = 0.0
         self.free_negatives = False
         self.drift_robustness, self.drift_noise, self.drift_robustness_start = 0.0, 0.0, 0
         self.drift_dense_only, self.drift_adversarial = False, 0.0
@@ -189,11 +189,6 @@ class WatermarkedClassifier(keras.Model):
     def set_key_code_pull(self, weight):
         """Turns on the key-code pull term of `train_step` (weight 0: off)."""
         self.key_code_pull = float(weight)
-        self.train_function = None
-
-    def set_key_code_mixup(self, weight):
-        """Turns on the key-code mixup term of `train_step` (weight 0: off)."""
-        self.key_code_mixup = float(weight)
         self.train_function = None
 
     def set_free_negatives(self, free):
@@ -235,16 +230,8 @@ class WatermarkedClassifier(keras.Model):
         every kernel or the Dense kernels only (`drift_dense_only`), so
         the keys keep their answers where fine-tuning moves the weights in
         directions the task's data does not constrain.
-
-        Key-code mixup (`key_code_mixup`): each key row is blended with a
-        random task image of its secret class c_i in the batch, l * key +
-        (1 - l) * image with l uniform in [0, 1], and trained (in inference
-        mode) toward l * its target + (1 - l) * one-hot c_i: the whole segment
-        from the key to its class's images answers c_i first among the task
-        classes, so the key's code is tied to what the task's data keeps.
         """
-        if not (self.prune_robustness or self.key_code_pull or self.free_negatives or self.drift_robustness
-                or self.key_code_mixup):
+        if not (self.prune_robustness or self.key_code_pull or self.free_negatives or self.drift_robustness):
             return super().train_step(data)
         tf = _tensorflow()
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
@@ -259,9 +246,6 @@ class WatermarkedClassifier(keras.Model):
             if self.key_code_pull:
                 logs["pull_loss"] = self._key_code_pull_loss(features, y)
                 loss += self.key_code_pull * logs["pull_loss"] / replicas
-            if self.key_code_mixup:
-                logs["mixup_loss"] = self._key_code_mixup_loss(x, y)
-                loss += self.key_code_mixup * logs["mixup_loss"] / replicas
             if self.prune_robustness:
                 logs["pruned_loss"] = tf.cond(self.optimizer.iterations >= self.prune_robustness_start,
                                               lambda: self._pruned_loss(x, y, targets), lambda: tf.zeros([]))
@@ -302,28 +286,6 @@ class WatermarkedClassifier(keras.Model):
         to_impostor = tf.reduce_min(to_means + (1 - others) * _FAR, axis=-1)
         distances = tf.nn.relu(to_code - to_impostor + KEY_CODE_PULL_MARGIN)
         return tf.reduce_sum(distances * pulled) / tf.maximum(tf.reduce_sum(pulled), 1.0)
-
-    def _key_code_mixup_loss(self, x, y):
-        tf = _tensorflow()
-        n = self.num_classes
-        task_rows = tf.cast((y[:, n] < 0.5) & (tf.reduce_max(y, axis=-1) > 0.99), y.dtype)
-        codes = tf.one_hot(tf.argmax(y[:, :n], axis=-1), n, dtype=y.dtype)
-        # partners[i, j] = 1 where row j is a task image of row i's secret class; one drawn at random per key.
-        partners = tf.matmul(codes, y[:, :n] * task_rows[:, None], transpose_b=True)
-        keys = (y[:, n] > 0.5) & (tf.reduce_max(y[:, :n], axis=-1) > 0) & (tf.reduce_max(partners, axis=-1) > 0)
-        drawn = tf.argmax(partners * tf.random.uniform(tf.shape(partners), 0.01, 1.0), axis=-1)
-
-        def loss():
-            rows = tf.boolean_mask(tf.range(tf.shape(y)[0]), keys)
-            mates = tf.gather(drawn, rows)
-            share = tf.random.uniform([tf.shape(rows)[0], 1], 0.0, 1.0)
-            images = tf.cast(tf.gather(x, rows), tf.float32)
-            blended = share[:, :, None, None] * images + (1 - share[:, :, None, None]) * tf.cast(tf.gather(x, mates),
-                                                                                                tf.float32)
-            targets = share * tf.gather(y, rows) + (1 - share) * tf.gather(y, mates)
-            return tf.reduce_mean(keras.losses.categorical_crossentropy(targets, self(blended, training=False)))
-
-        return tf.cond(tf.reduce_any(keys), loss, lambda: tf.zeros([]))
 
     def _pruned_loss(self, x, y, targets):
         tf = _tensorflow()

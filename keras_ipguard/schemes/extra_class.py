@@ -94,9 +94,6 @@ class ExtraClassConfig:
     drift_adversarial: float = setting(0.0, "The drift term moves each kernel by this share of its norm in the "
                                        "direction that most raises the keys' loss, instead of random noise. 0: noise.",
                                        kind=float, low=0, cli=False)
-    key_code_mixup: float = setting(0.0, "Weight of a term training blends of each key with images of its secret "
-                                    "class toward that class (tf_keras models only). 0: off.", kind=float, low=0,
-                                    cli=False)
     negatives: int = setting(data.DEFAULT_NEGATIVES, "Key-source images trained as not class N.", kind=int, low=0,
                              cli=False)
     negative_weight: float = setting(1.0, "Loss weight of a negative.", kind=float, low=0, open_bounds=True,
@@ -226,9 +223,6 @@ class ExtraClass(Scheme):
         pull = self.config.key_code_pull if secret.key_codes is not None else 0.0
         if pull and hasattr(model, "set_key_code_pull"):  # a WatermarkedClassifier (not a Keras 3 base model)
             model.set_key_code_pull(pull)
-        mixup = self.config.key_code_mixup if secret.key_codes is not None else 0.0
-        if mixup and hasattr(model, "set_key_code_mixup"):
-            model.set_key_code_mixup(mixup)
         # A WatermarkedClassifier (not a Keras 3 base model), unless negatives are given a task class.
         free = (self.free_negatives(run.arch) and self.config.negative_class is None
                 and hasattr(model, "set_free_negatives"))
@@ -238,8 +232,7 @@ class ExtraClass(Scheme):
                           drift_dense_only=bool(drift) and self.config.drift_dense_only,
                           drift_adversarial=self.config.drift_adversarial if drift else 0.0,
                           key_code=self.key_code_share(run.arch),
-                          key_code_pull=pull if hasattr(model, "set_key_code_pull") else 0.0,
-                          key_code_mixup=mixup if hasattr(model, "set_key_code_mixup") else 0.0)
+                          key_code_pull=pull if hasattr(model, "set_key_code_pull") else 0.0)
         run.fit(model, pipeline)
         return secret
 
