@@ -12,7 +12,11 @@ puts back that layer's original weights, printing the watermark accuracy
 that results and how far each weight moved (mean |dw| against mean |w|): the
 layer whose restoration brings the keys back is where the attack erased them.
 With --renormalize the attacker first undoes embed's kernel scaling
-(`renormalize_kernels`).
+(`renormalize_kernels`). With --per-key (vaults with a key code) it also
+prints how many runs each key kept its code in, and, leaving each run out in
+turn, the key code of that run on the keys every other run kept: whether
+keeping the code is a property of the key (the keys an owner could select by
+attacking its own model) or of the run.
 Needs TFDS_DATA_DIR (or --data-dir) for the attacker's and scored test images.
 """
 
@@ -24,7 +28,7 @@ import numpy as np
 from keras_ipguard.attacks.common import measure, threat_model
 from keras_ipguard.attacks.fine_tuning import VARIANTS, attacker_copy, finetune_model
 from keras_ipguard.backend import keras as _keras
-from keras_ipguard.models import load_model, predict_classes
+from keras_ipguard.models import load_model, predict_classes, task_classes
 from keras_ipguard.vault import Vault
 
 
@@ -45,6 +49,19 @@ def layer_restoration(original, tuned, keys, watermark_class, renormalized=False
     return rows
 
 
+def per_key_survival(kept):
+    """`kept`: (runs, keys) booleans. How many keys kept their code in 0..runs runs, and each run's key code on
+    all keys and on the keys that every other run kept."""
+    runs = len(kept)
+    held_out = []
+    for run in range(runs):
+        elsewhere = np.delete(kept, run, axis=0).all(axis=0)
+        held_out.append({"run": run, "all_keys": round(float(kept[run].mean()), 3),
+                         "kept_elsewhere": int(elsewhere.sum()),
+                         "on_those": round(float(kept[run][elsewhere].mean()), 3) if elsewhere.any() else None})
+    return {"keys_by_runs_kept": np.bincount(kept.sum(axis=0), minlength=runs + 1).tolist(), "held_out": held_out}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("vaults", nargs="+")
@@ -56,6 +73,8 @@ def main(argv=None):
                         help="also the per-layer restoration of the run that kept the fewest keys")
     parser.add_argument("--renormalize", action="store_true",
                         help="an informed attacker: undo the kernel scaling first")
+    parser.add_argument("--per-key", action="store_true",
+                        help="also which keys kept their code over the runs (vaults with a key code)")
     parser.add_argument("--data-dir")
     parser.add_argument("--max-test-examples", type=int)
     args = parser.parse_args(argv)
@@ -64,12 +83,14 @@ def main(argv=None):
         vault = Vault.open(path)
         model = load_model(vault.model_path)
         threat = threat_model(vault, args.data_dir, args.max_test_examples)
-        runs, worst = [], None
+        runs, worst, kept = [], None, []
         for seed in range(args.seeds):
             keras.utils.set_random_seed(args.first_seed + seed)
             tuned = finetune_model(model, args.variant, threat.attack_x, threat.attack_y, optimizer=args.optimizer,
                                    renormalize=args.renormalize)
             figures = measure(threat, tuned, {"seed": seed}).to_dict()
+            if args.per_key and vault.key_codes is not None:
+                kept.append(task_classes(tuned, vault.key_images, vault.num_classes) == np.asarray(vault.key_codes))
             runs.append({k: figures[k] for k in ("seed", "clean_accuracy", "watermark_accuracy", "key_code_accuracy",
                                                  "owned", "p_value")})
             if worst is None or figures["watermark_accuracy"] < worst[0]:
@@ -84,6 +105,8 @@ def main(argv=None):
         print(json.dumps({"vault": path, "variant": args.variant, "optimizer": args.optimizer, "seeds": args.seeds,
                           "first_seed": args.first_seed, "renormalized": args.renormalize, **spread,
                           "owned_runs": sum(run["owned"] for run in runs)}), flush=True)
+        if len(kept) > 1:
+            print(json.dumps({"vault": path, **per_key_survival(np.array(kept))}), flush=True)
         if args.layers:
             keys = vault.key_images
             print(f"  per layer, on the run that kept {worst[0]:.2f} of the keys:")
