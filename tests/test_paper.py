@@ -51,12 +51,14 @@ def test_paper_run_writes_table_json_and_plots_and_resumes(tmp_path):
     # and listed after ours, whatever the order of the rows.
     other = {**json.loads(json.dumps(ours)), "scheme": "content"}
     other["embed"] = {**other["embed"], "clean_accuracy": ours["embed"]["clean_accuracy"] - 0.02}
+    other.pop("identity", None)  # a scheme without identity images
     both = _result("fashion_mnist", "custom", result["settings"], {"content": other, "extra-class": ours},
                    ours["embed"]["baseline_clean_accuracy"], [])
     assert both["schemes"]["content"]["plain_clean_accuracy"] == ours["embed"]["baseline_clean_accuracy"]
     assert both["schemes"]["content"]["fidelity_drop"] == pytest.approx(ours["fidelity_drop"] + 2, abs=0.011)
     two = markdown(both)
     assert two.index("| extra-class |") < two.index("| content |")
+    assert "| n/a | n/a |" in two.split("| content |")[1].splitlines()[0]
     for png in ("prune.png", "attacks.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # A second run reuses the finished vault and figures instead of training and attacking again.
