@@ -22,6 +22,7 @@ Needs TFDS_DATA_DIR (or --data-dir) for the attacker's and scored test images.
 
 import argparse
 import json
+import sys
 
 import numpy as np
 
@@ -84,6 +85,8 @@ def main(argv=None):
         model = load_model(vault.model_path)
         threat = threat_model(vault, args.data_dir, args.max_test_examples)
         runs, worst, kept = [], None, []
+        if args.per_key and (vault.key_codes is None or args.seeds < 2):
+            print(f"{path}: --per-key needs a vault with a key code and --seeds 2 or more; skipped", file=sys.stderr)
         for seed in range(args.seeds):
             keras.utils.set_random_seed(args.first_seed + seed)
             tuned = finetune_model(model, args.variant, threat.attack_x, threat.attack_y, optimizer=args.optimizer,
