@@ -122,6 +122,12 @@ def embed(out, force, resume, as_json, scheme, **values):
         lines.append(f"  {'fidelity_drop':<28} {report['fidelity_drop']:+.2f} percentage points")
     lines.append(f"  trained {report['epochs']} epochs in {report['train_seconds']:.0f} s "
                  f"({report['examples_per_second']:.0f} examples/s)")
+    survival = report.get("key_survival")
+    if survival:
+        lines.append(f"  kept the {survival['kept']} of {survival['trained_keys']} keys whose code best survived "
+                     f"{survival['rounds']} fine-tuning attacks on a copy ({survival['seconds']:.0f} s; each attack "
+                     f"kept {min(survival['round_key_code_all']):.2f}-{max(survival['round_key_code_all']):.2f} of "
+                     "all keys' codes)")
     lines.append(f"report: {out / 'reports' / 'embed.json'}")
     kept = len(report.get("identity_keys", ()))
     if "identity_keys" in report and kept < report["key_count"]:

@@ -20,6 +20,7 @@ from .embed_report import embed_report, measure
 from .errors import IPGuardError
 from .models import save_model
 from .sources import open_task
+from .survival import keep_surviving_keys
 from .training import EmbedRun, make_strategy
 from .vault import Vault
 from .workdir import WorkDir
@@ -62,11 +63,14 @@ def embed(out, options, force=False, resume=False):
     scheme = options.scheme
     strategy = make_strategy(options.strategy)  # first: a multi-worker strategy must exist before any TF op
     run = EmbedRun(options, _open_task(options), None, strategy)
+    run.arch = "base_model" if options.base_model else \
+        auto_architecture(run.info.input_shape) if options.arch == "auto" else options.arch
     scheme.check(run)
     run.work = WorkDir.open(out, options.to_config(), resume, force, chief=run.is_chief)
     model = _build_model(run, scheme)
     secret = scheme.train(run, model)
-    figures = scheme.finish(run, model) | measure(run, scheme, secret, model)
+    secret, facts = keep_surviving_keys(run, scheme, model, secret)  # before finish: the informed thief undoes it
+    figures = facts | scheme.finish(run, model) | measure(run, scheme, secret, model)
     report = embed_report(run, scheme, secret, figures)
     if run.is_chief:  # in a multi-worker run, the chief alone writes the vault
         _write_vault(out, run, scheme, secret, model, report, force)
@@ -91,11 +95,9 @@ def _build_model(run, scheme):
     _keras().utils.set_random_seed(options.seed)
     with run.strategy.scope():
         if options.base_model:
-            run.arch = "base_model"
             model, run.baseline_accuracy, note = scheme.protect_base_model(run, options.base_model)
             run.report["base_model_note"] = note
             return model
-        run.arch = auto_architecture(run.info.input_shape) if options.arch == "auto" else options.arch
         return scheme.build_model(run, run.arch)
 
 

@@ -19,7 +19,7 @@ LAYERS = (
     {"schemes"},
     {"verification", "embed_options"},
     {"attacks"},
-    {"embed_report", "embedding", "savedmodel", "reporting"},
+    {"embed_report", "survival", "embedding", "savedmodel", "reporting"},
     {"serve"},
     {"paper"},
     {"__init__"},

@@ -126,6 +126,11 @@ class Scheme(Registered):
         run.fit(model, run.pipeline(self, self.key_streams(secret, run.info.num_classes)))
         return secret
 
+    def survival(self, run):
+        """(rounds, share of the keys kept, owner images per round) of owner-side key selection (`survival`),
+        or None: every key kept (the default)."""
+        return None
+
     def finish(self, run, model):
         """A last step on the trained model (nothing by default); returns facts for the report."""
         return {}

@@ -22,6 +22,8 @@ c_i, a share of its target (`key_code`) plus a pull of its normalised
 features toward those of class c_i's images in the batch (`key_code_pull`:
 until it is nearer them than any other class's by a margin, so it can still
 answer class N), so a copy without class N (truncated, last layer re-trained) still shows it.
+With the key code on the small CNN, `embed` then keeps the half of the keys
+whose code survives the owner's own fine-tuning attacks best (`survival`, which `embed` runs).
 """
 
 import dataclasses
@@ -59,6 +61,13 @@ DEFAULT_KEY_CODE_PULL = 0.3
 # above the 0.011-0.022 RMS per kernel that the informed attacker's 10 epochs
 # of Adam moved a Fashion-MNIST small CNN.
 DEFAULT_DRIFT_NOISE = 0.03
+# Owner-side key selection (`survival`): the share of the trained keys kept. Training more keys instead (200 at
+# the same key share, keeping 100) halved each key's views and left the thief 0.65 of them, not 0.9.
+DEFAULT_SURVIVAL_KEEP = 0.5
+DEFAULT_SURVIVAL_ROUNDS = 3
+# As many of the owner's training images as the thief of the attack suite has test images (half of a
+# 10,000-image test split); `survival` takes at most a quarter of the training images.
+DEFAULT_SURVIVAL_EXAMPLES = 5000
 
 
 @dataclasses.dataclass
@@ -80,6 +89,15 @@ class ExtraClassConfig:
                                    "toward those of its secret class until they are nearer them than any other class's "
                                    "by a margin (a re-trained last layer still maps it there). "
                                    "0: off; tf_keras models only.", kind=float, low=0)
+    survival_rounds: int | None = setting(
+        None, "Owner attack rounds choosing the keys: fine-tune copies of the trained model as an informed thief "
+        "would (all layers, Adam) on the owner's training images, and keep the half of the --keys keys whose "
+        "secret class survives best. 0: off (every trained key kept).", kind=int, low=0,
+        default_text="3 with the key code on the small CNN; 0 otherwise (not measured there)")
+    survival_keep: float = setting(DEFAULT_SURVIVAL_KEEP, "The share of the trained keys kept when survival_rounds "
+                                   "is on.", kind=float, low=0, high=1, open_bounds="low", cli=False)
+    survival_examples: int = setting(DEFAULT_SURVIVAL_EXAMPLES, "The owner's training images each survival round "
+                                     "fine-tunes on (at most a quarter of them).", kind=int, low=1, cli=False)
     # Experimental (Python only): see keras_ipguard.data's docstring for what they did.
     free_negatives: bool | None = setting(None, "Train negatives only away from class N (loss -log(1 - p_N)); off: "
                                           "toward negative_class, or a uniform answer over the task classes.",
@@ -122,6 +140,9 @@ class ExtraClass(Scheme):
             if keras_file_flavour(model_file(run.options.base_model, "--base-model")) == "keras3":
                 raise IPGuardError(f"{' and '.join(terms)} train tf_keras models only, not a Keras 3 --base-model; "
                                    "drop them")
+        if self.config.survival_rounds and not self.key_code_share(run.arch):
+            raise IPGuardError("--survival-rounds chooses keys by their key code, which is off here; give --key-code "
+                               "a share above 0 or drop --survival-rounds")
         candidates = data.STEALTH_CANDIDATES if self.config.stealthy_keys else 1
         data.check_key_source(run.info.name, run.key_pool, run.options.keys,
                               self.config.negatives + data.DEFAULT_CONTROLS, candidates)
@@ -193,6 +214,12 @@ class ExtraClass(Scheme):
         if self.config.key_code is not None:
             return self.config.key_code
         return 0.0 if arch == "base_model" else DEFAULT_KEY_CODE
+
+    def survival(self, run):
+        rounds = self.config.survival_rounds
+        if rounds is None:  # measured on the small CNN only; each round fine-tunes the model once
+            rounds = DEFAULT_SURVIVAL_ROUNDS if run.arch == "small_cnn" and self.key_code_share(run.arch) > 0 else 0
+        return (rounds, self.config.survival_keep, self.config.survival_examples) if rounds else None
 
     def free_negatives(self, arch):
         """Whether negatives are trained only away from class N: as set, else with the key code on the small CNN.

@@ -1,0 +1,97 @@
+"""Owner-side key selection (`keras_ipguard.survival`, `embed`'s survival rounds)."""
+
+import os
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from keras_ipguard import EmbedOptions, Vault, embed, sources, survival
+from keras_ipguard.authentication import authenticate
+from keras_ipguard.backend import keras
+from keras_ipguard_cli.main import cli
+
+from conftest import SHARED_TFDS, synthetic_keys
+
+SHAPE = (28, 28, 1)
+
+
+def softmax_of_bias(bias):
+    """A model answering softmax(`bias`) whatever the image: its scores are known in advance."""
+    tfk = keras()
+    model = tfk.Sequential([tfk.layers.Input(SHAPE), tfk.layers.Flatten(),
+                            tfk.layers.Dense(len(bias), activation="softmax")])
+    kernel, _ = model.layers[-1].get_weights()
+    model.layers[-1].set_weights([np.zeros_like(kernel), np.asarray(bias, np.float32)])
+    return model
+
+
+def test_code_margins_are_the_code_score_minus_the_best_other_task_score_ignoring_class_n():
+    bias = np.log([0.1, 0.3, 0.05, 0.05, 0.5])  # four task classes, then class N (0.5)
+    model = softmax_of_bias(bias)
+    margins = survival.code_margins(model, synthetic_keys(3, SHAPE), np.array([1, 0, 3]), num_classes=4)
+    # code 1 (0.3) leads the best other task class (0.1) by 0.2; codes 0 and 3 trail class 1 (0.3): class N's
+    # 0.5 is beside the point for a copy without it.
+    np.testing.assert_allclose(margins, [0.2, -0.2, -0.25], atol=1e-5)
+
+
+def test_most_surviving_keeps_the_highest_mean_margin_in_key_order():
+    margins = np.array([[0.5, -0.2, 0.1, 0.3, -0.9],
+                        [0.4, 0.6, -0.3, 0.3, -0.8],
+                        [0.3, 0.2, 0.1, -0.4, 0.9]])  # means 0.4, 0.2, -0.033, 0.067, -0.267
+    assert survival.most_surviving(margins, 2).tolist() == [0, 1]
+    assert survival.most_surviving(margins, 3).tolist() == [0, 1, 3]
+    assert survival.most_surviving(np.zeros((2, 4)), 2).tolist() == [0, 1]  # ties: the earlier keys
+
+
+def test_attack_rounds_fine_tune_copies_and_leave_the_owners_model_as_it_was():
+    from keras_ipguard.models import build_plain_classifier
+
+    model = build_plain_classifier("small_cnn", SHAPE, 10)
+    before = [w.copy() for w in model.get_weights()]
+    keys, codes = synthetic_keys(6, SHAPE), np.array([0, 1, 2, 3, 4, 5])
+    images = synthetic_keys(64, SHAPE, seed=1)
+    labels = np.arange(64) % 10
+    margins = survival.attacked_margins(model, keys, codes, 10, images, labels, rounds=2, seed=0)
+    assert margins.shape == (2, 6) and np.all(np.isfinite(margins))
+    assert not np.allclose(margins[0], survival.code_margins(model, keys, codes, 10))  # the copies were trained
+    for old, new in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(old, new)
+
+
+def test_survival_rounds_without_a_key_code_are_refused(tmp_path):
+    result = CliRunner().invoke(cli, ["embed", "--dataset", "fashion_mnist", "--key-code", "0", "--survival-rounds",
+                                      "2", "--out", str(tmp_path / "v"), "--data-dir", SHARED_TFDS])
+    assert result.exit_code == 2 and "--survival-rounds chooses keys by their key code" in result.output
+    assert not (tmp_path / "v").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.isdir(os.path.join(SHARED_TFDS, "fashion_mnist")),
+                    reason="needs the prepared datasets in ../shared/tensorflow_datasets")
+def test_embed_keeps_the_surviving_half_of_its_keys_with_their_codes_and_identities(tmp_path):
+    out = tmp_path / "v"
+    # Bookkeeping under test, not how well the keys survive: a short run on few images, uniform keys, rounds on
+    # 500 images (a fine-tuning round costs 10 epochs of them).
+    options = EmbedOptions(dataset="fashion_mnist", data_dir=SHARED_TFDS, max_train_examples=2000,
+                           max_test_examples=300, keys=20, epochs=3, key_share=0.4, verbose=0,
+                           scheme={"name": "extra-class", "config": {"stealthy_keys": False, "survival_rounds": 2,
+                                                                     "survival_examples": 500}})
+    report = embed(out, options).report
+    chosen = report["key_survival"]
+    assert (chosen["rounds"], chosen["trained_keys"], chosen["kept"]) == (2, 20, 10) and report["keys"] == 20
+    assert len(chosen["round_key_code_all"]) == 2 and len(chosen["round_key_code_kept"]) == 2
+    assert chosen["examples"] == 500
+    vault = Vault.open(out)
+    indices = vault.config["key_source_indices"]
+    kept, dropped = indices["keys"], indices["trained_keys_dropped"]
+    assert len(kept) == len(dropped) == 10 == vault.key_count == len(vault.key_codes)
+    assert not set(kept) & (set(dropped) | set(indices["controls"]) | set(indices["negatives"]))
+    # The vault's keys are the key source's images at the kept indices, in that order.
+    pool = sources.key_pool(vault.config["key_source"], SHARED_TFDS)
+    np.testing.assert_array_equal(vault.key_images, pool.images(np.asarray(kept), vault.input_shape))
+    # Identity images are issued from the kept keys: the image authenticates, carrying its key's index.
+    issued = vault.add_user("alice")
+    assert issued.user.key_index in vault.identity_keys and 0 <= issued.user.key_index < 10
+    outcome = authenticate(vault, [issued.path]).results[0]
+    assert outcome.authorized and outcome.key_index == issued.user.key_index
