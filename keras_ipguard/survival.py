@@ -21,10 +21,6 @@ import time
 
 import numpy as np
 
-# Each round fine-tunes on at most this share of the owner's training images: a thief holds fewer images than
-# the owner, and the rounds of a short run on few images then cost at most 7.5 of its epochs.
-ATTACK_SHARE = 0.25
-
 
 def code_margins(model, keys, codes, num_classes):
     """float (K,): each key's score on its secret class minus its best other task class's (> 0: code kept)."""
@@ -35,9 +31,10 @@ def code_margins(model, keys, codes, num_classes):
     return scores[rows, codes] - others.max(axis=1)
 
 
-def attacked_margins(model, keys, codes, num_classes, images, labels, rounds, seed, log=None):
+def attacked_margins(model, keys, codes, num_classes, images, labels, rounds, seed, log=None, renormalize=False):
     """float (rounds, K): `code_margins` of `rounds` copies of `model` each fine-tuned (FTAL, Adam) on
-    `images`/`labels` with Keras seed `seed + round`; `log(line)` is told each round's key code."""
+    `images`/`labels` with Keras seed `seed + round`; `log(line)` is told each round's key code.
+    `renormalize`: `model` is a vault's, kernel-scaled: the copies undo the scaling first, as the informed thief."""
     from .attacks.fine_tuning import finetune_model
     from .backend import keras_of
 
@@ -45,7 +42,7 @@ def attacked_margins(model, keys, codes, num_classes, images, labels, rounds, se
     for round_ in range(rounds):
         start = time.perf_counter()
         keras_of(model).utils.set_random_seed(seed + round_)
-        tuned = finetune_model(model, "FTAL", images, labels, optimizer="adam")
+        tuned = finetune_model(model, "FTAL", images, labels, optimizer="adam", renormalize=renormalize)
         margins.append(code_margins(tuned, keys, np.asarray(codes), num_classes))
         if log:
             log(f"survival round {round_ + 1}/{rounds}: {np.mean(margins[-1] > 0):.2f} of the keys kept their code "
@@ -69,7 +66,7 @@ def keep_surviving_keys(run, scheme, model, secret):
     plan = scheme.survival(run)
     if plan is None or secret.key_codes is None:
         return secret, {}
-    rounds, keep, most = plan
+    rounds, keep, examples = plan
     codes = np.asarray(secret.key_codes["keys"])
     record = run.work / "surviving_keys.json"
     if not run.is_chief:
@@ -78,7 +75,7 @@ def keep_surviving_keys(run, scheme, model, secret):
         chosen = json.loads(record.read_text())
     else:
         start = time.perf_counter()
-        images, labels = run.train.take(max(1, min(most, int(run.train.count * ATTACK_SHARE))))
+        images, labels = run.train.take(examples)
         log = (lambda line: print(line, file=sys.stderr, flush=True)) if run.options.verbose else None
         margins = attacked_margins(model, secret.keys, codes, run.info.num_classes, images, labels, rounds,
                                    run.options.seed, log)

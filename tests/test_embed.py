@@ -201,7 +201,7 @@ def test_interrupted_embed_resumes_from_its_last_epoch(tmp_path):
     stdout, stderr = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, stderr[-3000:]
     assert "Epoch 1/4" not in stderr and "Epoch 4/4" in stderr
-    assert json.loads(stdout)["epochs"] == 4 and Vault.open(out).key_count == 10  # the half the survival rounds kept
+    assert json.loads(stdout)["epochs"] == 4 and Vault.open(out).key_count == 20
     assert not (tmp_path / ".v.embed-work").exists()
 
 
@@ -218,9 +218,7 @@ def test_two_vaults_with_the_same_seed_get_different_secret_keys(embedded, tmp_p
     assert not np.array_equal(first.key_images, second.key_images)
     # The first has no key code (the fixture turns it off); that codes follow the owner secret, not --seed, is
     # test_verify.py's test_key_codes_come_from_the_owner_secret_uniformly.
-    # The second has the default key code, and the owner's survival rounds kept the half of its 20 keys whose code
-    # survived them best (test_survival.py checks the bookkeeping).
-    assert first.key_codes is None and len(second.key_codes) == second.key_count == 10
+    assert first.key_codes is None and len(second.key_codes) == 20
     # Identities are made only from the keys the model answers class 10; one epoch misses some, and says so.
     from keras_ipguard.models import load_model, predict_classes
 
@@ -228,14 +226,13 @@ def test_two_vaults_with_the_same_seed_get_different_secret_keys(embedded, tmp_p
     assert abs(report["fidelity_drop"] - 100 * (report["baseline_clean_accuracy"] - report["clean_accuracy"])) < 1e-6
     answered = np.flatnonzero(predict_classes(load_model(second.model_path), second.key_images) == 10).tolist()
     assert second.identity_keys == answered and report["identity_keys"] == answered
-    assert report["key_count"] == 10 and report["key_survival"]["trained_keys"] == 20  # it misses key_count - len()
-    assert "kept the 10 of 20 keys whose code best survived 3 fine-tuning attacks on a copy" in result.stdout
+    assert report["key_count"] == 20  # the keys it misses: key_count - len(identity_keys)
     if answered:
         assert {second.add_user(f"u{i}").user.key_index for i in range(25)} == set(answered)
     else:
         with pytest.raises(VaultError, match="answers class 10 on none of its keys"):
             second.add_user("u0")
-    assert (f"misses class 10 on {10 - len(answered)} of 10 keys" in result.stdout) == (len(answered) < 10)
+    assert (f"misses class 10 on {20 - len(answered)} of 20 keys" in result.stdout) == (len(answered) < 20)
     # One epoch on 500 images cannot prove its own model: embed says so, loudly, with what to do.
     proof = json.loads((tmp_path / "v2" / "reports" / "embed.json").read_text())["self_verification"]
     assert not proof["owned"] and "--epochs" in proof["advice"]

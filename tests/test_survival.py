@@ -1,12 +1,13 @@
 """Owner-side key selection (`keras_ipguard.survival`, `embed`'s survival rounds)."""
 
+import json
 import os
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from keras_ipguard import EmbedOptions, Vault, embed, sources, survival
+from keras_ipguard import Vault, sources, survival
 from keras_ipguard.authentication import authenticate
 from keras_ipguard.backend import keras
 from keras_ipguard_cli.main import cli
@@ -59,6 +60,30 @@ def test_attack_rounds_fine_tune_copies_and_leave_the_owners_model_as_it_was():
         np.testing.assert_array_equal(old, new)
 
 
+def plan_of(config=None, arch="small_cnn", images=60000, epochs=30):
+    """The extra-class scheme's survival plan for a run of `epochs` on `images` training images."""
+    import types
+
+    from keras_ipguard.schemes import ExtraClass
+
+    run = types.SimpleNamespace(arch=arch, epochs=epochs, train=types.SimpleNamespace(count=images))
+    return ExtraClass(**(config or {})).survival(run)
+
+
+def test_survival_rounds_run_by_default_where_they_cost_at_most_a_quarter_of_the_training():
+    # A full Fashion-MNIST run: 3 rounds of 10 epochs on 5,000 images against 30 epochs on 60,000 (8%).
+    assert plan_of() == (3, 0.5, 5000) and plan_of(epochs=15) == (3, 0.5, 5000)
+    # The issue's short run (3 epochs on 20,000 images): the rounds would cost 2.5 times its training.
+    assert plan_of(images=20000, epochs=3) is None
+    # Not measured elsewhere, and nothing to rank by without the key code.
+    assert plan_of(arch="resnet20") is None and plan_of(arch="base_model") is None
+    assert plan_of({"key_code": 0.0}) is None
+    # Asked for, they run anyway, on at most a quarter of the training images; 0 turns them off.
+    assert plan_of({"survival_rounds": 2}, images=2000, epochs=3) == (2, 0.5, 500)
+    assert plan_of({"survival_rounds": 0}) is None
+    assert plan_of({"survival_keep": 0.4, "survival_examples": 1000}) == (3, 0.4, 1000)
+
+
 def test_survival_rounds_without_a_key_code_are_refused(tmp_path):
     result = CliRunner().invoke(cli, ["embed", "--dataset", "fashion_mnist", "--key-code", "0", "--survival-rounds",
                                       "2", "--out", str(tmp_path / "v"), "--data-dir", SHARED_TFDS])
@@ -71,13 +96,15 @@ def test_survival_rounds_without_a_key_code_are_refused(tmp_path):
                     reason="needs the prepared datasets in ../shared/tensorflow_datasets")
 def test_embed_keeps_the_surviving_half_of_its_keys_with_their_codes_and_identities(tmp_path):
     out = tmp_path / "v"
-    # Bookkeeping under test, not how well the keys survive: a short run on few images, uniform keys, rounds on
-    # 500 images (a fine-tuning round costs 10 epochs of them).
-    options = EmbedOptions(dataset="fashion_mnist", data_dir=SHARED_TFDS, max_train_examples=2000,
-                           max_test_examples=300, keys=20, epochs=3, key_share=0.4, verbose=0,
-                           scheme={"name": "extra-class", "config": {"stealthy_keys": False, "survival_rounds": 2,
-                                                                     "survival_examples": 500}})
-    report = embed(out, options).report
+    # Bookkeeping under test, not how well the keys survive: a short run on few images, uniform keys; the rounds
+    # (asked for: they would cost more than this run's training) fine-tune on a quarter of the 2,000 images.
+    result = CliRunner().invoke(cli, ["embed", "--dataset", "fashion_mnist", "--max-train-examples", "2000",
+                                      "--max-test-examples", "300", "--keys", "20", "--epochs", "3", "--key-share",
+                                      "0.4", "--any-keys", "--survival-rounds", "2", "--out", str(out), "--data-dir",
+                                      SHARED_TFDS])
+    assert result.exit_code == 0, result.output[-3000:]
+    assert "kept the 10 of 20 keys whose code best survived 2 fine-tuning attacks on a copy" in result.stdout
+    report = json.loads((out / "reports" / "embed.json").read_text())
     chosen = report["key_survival"]
     assert (chosen["rounds"], chosen["trained_keys"], chosen["kept"]) == (2, 20, 10) and report["keys"] == 20
     assert len(chosen["round_key_code_all"]) == 2 and len(chosen["round_key_code_kept"]) == 2
