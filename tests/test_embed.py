@@ -168,7 +168,8 @@ def test_training_runs_on_two_replicas_with_a_scaled_global_batch(tmp_path):
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
         options = EmbedOptions(dataset="fashion_mnist", data_dir={SHARED_TFDS!r}, epochs=1, keys=10,
                                batch_size=32, max_train_examples=1000, max_test_examples=200, verbose=0,
-                               scheme={{"name": "extra-class", "config": {{"stealthy_keys": False}}}})
+                               scheme={{"name": "extra-class", "config": {{"stealthy_keys": False, "survival_rounds": 1,
+                                                                          "survival_examples": 100}}}})
         print(json.dumps(embed({str(tmp_path / 'v')!r}, options).report))
         """
     )
@@ -177,6 +178,8 @@ def test_training_runs_on_two_replicas_with_a_scaled_global_batch(tmp_path):
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["strategy"] == "MirroredStrategy" and report["replicas"] == 2
     assert report["global_batch_size"] == 64
+    # The owner's survival round fine-tunes a copy of the mirrored model outside the strategy; half the keys kept.
+    assert report["key_survival"]["kept"] == report["key_count"] == 5
 
 
 @pytest.mark.slow
