@@ -22,8 +22,10 @@ c_i, a share of its target (`key_code`) plus a pull of its normalised
 features toward those of class c_i's images in the batch (`key_code_pull`:
 until it is nearer them than any other class's by a margin, so it can still
 answer class N), so a copy without class N (truncated, last layer re-trained) still shows it.
-With the key code on the small CNN, `embed` then keeps the half of the keys
-whose code survives the owner's own fine-tuning attacks best (`survival`, which `embed` runs).
+With the key code on the small CNN (in runs long enough that the rounds cost
+at most a quarter of the training), `embed` then keeps the half of the keys
+whose code survives the owner's own fine-tuning attacks best (`survival`,
+which `embed` runs; `survival` below decides).
 """
 
 import dataclasses
