@@ -63,8 +63,7 @@ def embed(out, options, force=False, resume=False):
     scheme = options.scheme
     strategy = make_strategy(options.strategy)  # first: a multi-worker strategy must exist before any TF op
     run = EmbedRun(options, _open_task(options), None, strategy)
-    run.arch = "base_model" if options.base_model else \
-        auto_architecture(run.info.input_shape) if options.arch == "auto" else options.arch
+    run.arch = _architecture(options, run.info.input_shape)  # before check: the scheme's plan depends on it
     scheme.check(run)
     run.work = WorkDir.open(out, options.to_config(), resume, force, chief=run.is_chief)
     model = _build_model(run, scheme)
@@ -87,6 +86,13 @@ def _open_task(options):
     size = options.image_size or (shape[:2] if options.base_model else None)
     return open_task(options.dataset, options.data_dir, size, shape[2], options.test_fraction, options.seed,
                      options.max_train_examples, options.max_test_examples, options.skip_bad_images)
+
+
+def _architecture(options, input_shape):
+    """The architecture to train: "base_model" for --base-model, else --arch (auto: chosen by input shape)."""
+    if options.base_model:
+        return "base_model"
+    return auto_architecture(input_shape) if options.arch == "auto" else options.arch
 
 
 def _build_model(run, scheme):
