@@ -5,8 +5,10 @@
 
 The owner runs the informed thief's FTAL with Adam (kernel scale undone) on as
 many of its own training images as the thief has test images (a seeded draw),
-once per owner seed (`survival.attacked_margins`), and ranks the keys by their
-code's mean margin (`survival.most_surviving`), as `embed` does. The thief then
+once per owner seed (`survival.attacked_margins`), trains the reference model
+on the same images (`survival.natural_codes`), and ranks the keys by their
+code's mean margin, never preferring one whose code the reference answers
+(`survival.most_surviving`), as `embed` does (`--no-reference`: by margin alone). The thief then
 attacks the same way on its half of the test split, once per thief seed
 (`finetune_spread.py --first-seed`'s seeds). Prints one JSON line: for each
 share of the keys kept, each thief run's key code on the kept keys (and on all
@@ -40,6 +42,7 @@ def main(argv=None):
     parser.add_argument("--owner-seeds", type=numbers(int), default=[21, 22, 23])
     parser.add_argument("--thief-seeds", type=numbers(int), default=[11, 12, 13, 14, 15])
     parser.add_argument("--keep", type=numbers(float), default=[0.3, 0.4, 0.5, 0.6])
+    parser.add_argument("--no-reference", action="store_true", help="rank by the margin alone")
     parser.add_argument("--data-dir")
     args = parser.parse_args(argv)
     vault = Vault.open(args.vault)
@@ -55,6 +58,8 @@ def main(argv=None):
         parser.error("--owner-seeds must be consecutive (round r runs with seed first + r)")
     margins = survival.attacked_margins(model, vault.key_images, codes, n, x[own], y[own], len(seeds), seeds[0],
                                         renormalize=True)
+    natural = None if args.no_reference else survival.natural_codes(
+        model, vault.key_images, codes, n, x[own], y[own], seeds[0] + len(seeds))
     thief = []
     for seed in args.thief_seeds:
         _keras().utils.set_random_seed(seed)
@@ -62,13 +67,14 @@ def main(argv=None):
         thief.append(task_classes(tuned, vault.key_images, n) == codes)
     result = {"vault": args.vault, "owner_seeds": seeds, "thief_seeds": args.thief_seeds,
               "owner_runs_key_code": [round(float(np.mean(m > 0)), 3) for m in margins],
-              "thief_runs_all_keys": [round(float(k.mean()), 3) for k in thief], "kept": {}}
+              "thief_runs_all_keys": [round(float(k.mean()), 3) for k in thief], "kept": {},
+              "natural_codes": None if natural is None else int(natural.sum())}
     for share in args.keep:
-        kept = survival.most_surviving(margins, max(1, round(len(codes) * share)))
+        kept = survival.most_surviving(margins, max(1, round(len(codes) * share)), natural)
         runs = [round(float(k[kept].mean()), 3) for k in thief]
         result["kept"][str(share)] = {"keys": len(kept), "thief_runs": runs, "mean": round(float(np.mean(runs)), 3)}
     kept = np.zeros(len(codes), bool)
-    kept[survival.most_surviving(margins, max(1, round(len(codes) * 0.5)))] = True
+    kept[survival.most_surviving(margins, max(1, round(len(codes) * 0.5)), natural)] = True
     result["innocents_on_the_kept_half"] = {}
     for name, path in (item.split("=", 1) for item in args.innocents):
         suspect = load_model(path)

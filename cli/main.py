@@ -127,7 +127,8 @@ def embed(out, force, resume, as_json, scheme, **values):
         lines.append(f"  kept the {survival['kept']} of {survival['trained_keys']} keys whose code best survived "
                      f"{survival['rounds']} fine-tuning attacks on a copy ({survival['seconds']:.0f} s; each attack "
                      f"kept {min(survival['round_key_code_all']):.2f}-{max(survival['round_key_code_all']):.2f} of "
-                     "all keys' codes)")
+                     f"all keys' codes; {survival['natural_codes'] - survival['natural_codes_kept']} whose code a "
+                     "plain model answers anyway left out)")
     lines.append(f"report: {out / 'reports' / 'embed.json'}")
     kept = len(report.get("identity_keys", ()))
     if "identity_keys" in report and kept < report["key_count"]:

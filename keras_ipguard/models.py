@@ -371,6 +371,15 @@ def as_functional(model):
     return model
 
 
+def fresh_twin(functional, num_classes, name="twin"):
+    """`functional`'s layers freshly initialised (each layer's initializer), with an N-unit softmax head instead
+    of its last layer: the same architecture, untrained (an extraction surrogate, survival's reference)."""
+    tfk = keras_of(functional)
+    clone = tfk.models.clone_model(functional)
+    outputs = tfk.layers.Dense(num_classes, activation="softmax", name=f"{name}_head")(clone.layers[-1].input)
+    return tfk.Model(clone.inputs, outputs, name=name)
+
+
 def is_prunable(layer):
     """Whether magnitude pruning prunes this layer's kernel: Dense and Conv2D layers (tf_keras or Keras 3)."""
     layers = keras_of(layer).layers

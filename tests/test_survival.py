@@ -45,6 +45,28 @@ def test_most_surviving_keeps_the_highest_mean_margin_in_key_order():
     assert survival.most_surviving(np.zeros((2, 4)), 2).tolist() == [0, 1]  # ties: the earlier keys
 
 
+def test_most_surviving_never_prefers_an_excluded_key():
+    margins = np.array([[0.5, -0.2, 0.1, 0.3, -0.9]])
+    excluded = np.array([True, False, False, False, False])
+    assert survival.most_surviving(margins, 2, excluded).tolist() == [2, 3]  # key 0 leads, but is excluded
+    assert survival.most_surviving(margins, 5, excluded).tolist() == [0, 1, 2, 3, 4]  # needed to fill the count
+
+
+def test_natural_codes_are_the_codes_a_model_never_shown_the_keys_answers():
+    from keras_ipguard.models import build_plain_classifier
+
+    # Four classes told apart by brightness alone; a key of class k's brightness answers k unless trained not to.
+    rng = np.random.default_rng(0)
+    levels = np.array([20.0, 90.0, 160.0, 230.0])
+    labels = np.arange(400) % 4
+    images = (levels[labels][:, None, None, None] + rng.normal(0, 8, (400,) + SHAPE)).clip(0, 255)
+    keys = np.broadcast_to(levels[:, None, None, None], (4,) + SHAPE).astype(np.float32)
+    owner = build_plain_classifier("small_cnn", SHAPE, 5)  # the architecture twinned (its weights are not used)
+    natural = survival.natural_codes(owner, keys, np.array([0, 1, 3, 3]), 4, images.astype(np.float32), labels,
+                                     seed=0, epochs=8)
+    assert natural.tolist() == [True, True, False, True]
+
+
 def test_attack_rounds_fine_tune_copies_and_leave_the_owners_model_as_it_was():
     from keras_ipguard.models import build_plain_classifier
 
@@ -109,6 +131,8 @@ def test_embed_keeps_the_surviving_half_of_its_keys_with_their_codes_and_identit
     assert (chosen["rounds"], chosen["trained_keys"], chosen["kept"]) == (2, 20, 10) and report["keys"] == 20
     assert len(chosen["round_key_code_all"]) == 2 and len(chosen["round_key_code_kept"]) == 2
     assert chosen["examples"] == 500
+    # Keys whose code the reference answers are kept only where the count needs them.
+    assert chosen["natural_codes_kept"] == max(0, 10 - (20 - chosen["natural_codes"]))
     vault = Vault.open(out)
     indices = vault.config["key_source_indices"]
     kept, dropped = indices["keys"], indices["trained_keys_dropped"]

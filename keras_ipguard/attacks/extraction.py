@@ -55,30 +55,19 @@ def extract_model(model, images, num_classes, arch, labels="hard", epochs=DEFAUL
     its last Dense layer) trained on `model`'s answers to `images`."""
     from ..backend import keras as tf_keras
     from ..backend import keras_of
-    from ..models import as_functional, build_plain_classifier
+    from ..models import as_functional, build_plain_classifier, fresh_twin
 
     targets = query_labels(model, images, num_classes, labels)
     stolen = as_functional(model)
     keras = keras_of(stolen) if arch == "base_model" else tf_keras()  # the zoo is tf_keras
     keras.utils.set_random_seed(seed)
     if arch == "base_model":
-        surrogate = _fresh_twin(stolen, num_classes)
+        surrogate = fresh_twin(stolen, num_classes, name="surrogate")
     else:
         surrogate = build_plain_classifier(arch, images.shape[1:], num_classes)
     surrogate.compile(optimizer=keras.optimizers.Adam(1e-3), loss="categorical_crossentropy")
     surrogate.fit(np.asarray(images, np.float32), targets, epochs=epochs, batch_size=_BATCH, shuffle=True, verbose=0)
     return surrogate
-
-
-def _fresh_twin(functional, num_classes):
-    """The stolen model's layers, freshly initialised, with an N-unit softmax head instead of its last layer."""
-    from ..backend import keras_of
-
-    keras = keras_of(functional)
-    clone = keras.models.clone_model(functional)  # new weights, from each layer's initializer
-    features = clone.layers[-1].input
-    outputs = keras.layers.Dense(num_classes, activation="softmax", name="surrogate_head")(features)
-    return keras.Model(clone.inputs, outputs, name="surrogate")
 
 
 def extra_queries(vault, dataset, count, data_dir, seed):

@@ -221,15 +221,17 @@ class ExtraClass(Scheme):
         return 0.0 if arch == "base_model" else DEFAULT_KEY_CODE
 
     def survival(self, run):
-        """As set, else 3 rounds with the key code on the small CNN (measured there only) where they cost at most
-        a quarter of the training: each round fine-tunes the model for 10 epochs on up to 5,000 images (at most
-        a quarter of the training images). A 3-epoch run on 20,000 images (rounds 4x its training, 2026-12-03)
-        found the keys' codes near chance after each round (0.13-0.19), so its choice would be mostly of keys
-        whose code any model answers: off there by default."""
+        """As set, else 3 rounds with the key code on the small CNN (measured there only) where they and the
+        reference model cost at most a quarter of the training: each round fine-tunes the model for 10 epochs on up
+        to 5,000 images (at most a quarter of the training images), the reference trains as long on them. A
+        3-epoch run on 20,000 images (rounds 4x its training, 2026-12-03) found the keys' codes near chance after
+        each round (0.13-0.19), so its choice would be mostly of keys whose code any model answers: off there by
+        default."""
         examples = max(1, min(self.config.survival_examples, int(run.train.count * SURVIVAL_EXAMPLES_SHARE)))
         rounds = self.config.survival_rounds
         if rounds is None:
-            cheap = DEFAULT_SURVIVAL_ROUNDS * SURVIVAL_EPOCHS * examples <= 0.25 * run.epochs * run.train.count
+            # the rounds and the reference model (`survival.natural_codes`), each SURVIVAL_EPOCHS on `examples`
+            cheap = (DEFAULT_SURVIVAL_ROUNDS + 1) * SURVIVAL_EPOCHS * examples <= 0.25 * run.epochs * run.train.count
             rounds = DEFAULT_SURVIVAL_ROUNDS if (run.arch == "small_cnn" and self.key_code_share(run.arch) > 0
                                                 and cheap) else 0
         return (rounds, self.config.survival_keep, examples) if rounds else None
