@@ -133,6 +133,8 @@ def test_embed_keeps_the_surviving_half_of_its_keys_with_their_codes_and_identit
     assert chosen["examples"] == 500
     # Keys whose code the reference answers are kept only where the count needs them.
     assert chosen["natural_codes_kept"] == max(0, 10 - (20 - chosen["natural_codes"]))
+    left_out = chosen["natural_codes"] - chosen["natural_codes_kept"]
+    assert f"{left_out} whose code a plain model answers anyway left out" in result.stdout
     vault = Vault.open(out)
     indices = vault.config["key_source_indices"]
     kept, dropped = indices["keys"], indices["trained_keys_dropped"]
