@@ -124,11 +124,14 @@ def embed(out, force, resume, as_json, scheme, **values):
                  f"({report['examples_per_second']:.0f} examples/s)")
     survival = report.get("key_survival")
     if survival:
+        # A run resumed from a choice recorded before the reference model has no natural codes to report.
+        left_out = survival.get("natural_codes", 0) - survival.get("natural_codes_kept", 0)
+        natural = f"; {left_out} whose code a plain model answers anyway left out" if "natural_codes" in survival \
+            else ""
         lines.append(f"  kept the {survival['kept']} of {survival['trained_keys']} keys whose code best survived "
                      f"{survival['rounds']} fine-tuning attacks on a copy ({survival['seconds']:.0f} s; each attack "
                      f"kept {min(survival['round_key_code_all']):.2f}-{max(survival['round_key_code_all']):.2f} of "
-                     f"all keys' codes; {survival['natural_codes'] - survival['natural_codes_kept']} whose code a "
-                     "plain model answers anyway left out)")
+                     f"all keys' codes{natural})")
     lines.append(f"report: {out / 'reports' / 'embed.json'}")
     kept = len(report.get("identity_keys", ()))
     if "identity_keys" in report and kept < report["key_count"]:

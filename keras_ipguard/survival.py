@@ -126,8 +126,8 @@ def keep_surviving_keys(run, scheme, model, secret):
     return _cut(secret, kept, run.owner_key), {"key_survival": {
         "rounds": rounds, "trained_keys": len(codes), "kept": len(kept),
         "attack": "FTAL, Adam 1e-3, 10 epochs, on the owner's training images, kernel scaling not yet applied",
-        "reference": "a fresh twin trained 10 epochs (Adam 1e-3) on the same images; keys whose code it answers "
-                     "(natural_codes) are never kept while others remain",
+        "reference": f"a fresh twin trained {REFERENCE_EPOCHS} epochs (Adam 1e-3) on the same images; keys whose "
+                     "code it answers (natural_codes) are never kept while others remain",
         **{name: value for name, value in chosen.items() if name != "kept"}}}
 
 
