@@ -9,6 +9,10 @@ class VaultError(IPGuardError):
     """The vault is missing, incomplete, corrupt or tampered with."""
 
 
+class StaleCheckpointError(IPGuardError):
+    """An interrupted embed's checkpoint was made with other options: it cannot be resumed."""
+
+
 class RegistryError(IPGuardError):
     """A user registry operation cannot be done (unknown user, duplicate name, ...)."""
 

@@ -14,9 +14,11 @@ is measured against.
 
 Vaults go under --work and are reused when present, with each finished
 scheme's figures (reports/paper-row.json), so an interrupted run continues
-where it stopped; delete a scheme's vault to measure it again. Results go to --out/<dataset>/: results.json (all
-figures, the command, settings, machine and date), table.md, prune.png and
-attacks.png, rewritten after every scheme (until the last, marked partial, with the schemes still to run).
+where it stopped (a scheme's checkpoint left by other settings is started
+over, saying so); delete a scheme's vault to measure it again. Results go to
+--out/<dataset>/: results.json (all figures, the command, settings, machine
+and date), table.md, prune.png and attacks.png, rewritten after every scheme
+(until the last, marked partial, with the schemes still to run).
 """
 
 import argparse
@@ -56,6 +58,7 @@ def settings_for(dataset, profile):
 def embed_scheme(work, dataset, scheme, settings, data_dir, baseline=False):
     """The scheme's vault under `work`, embedded now unless a finished one is there."""
     from .embedding import EmbedOptions, embed
+    from .errors import StaleCheckpointError
     from .vault import Vault
     from .workdir import WorkDir
 
@@ -67,7 +70,11 @@ def embed_scheme(work, dataset, scheme, settings, data_dir, baseline=False):
     embed_settings = {k: v for k, v in settings.items() if k != "attack_epochs"}
     options = EmbedOptions(dataset=dataset, data_dir=data_dir, scheme=scheme, seed=0, verbose=2, baseline=baseline,
                            **embed_settings)
-    embed(path, options, force=path.exists(), resume=WorkDir.path_for(path).exists())
+    try:
+        embed(path, options, force=path.exists(), resume=WorkDir.path_for(path).exists())
+    except StaleCheckpointError as error:  # left by a run of other settings (older defaults): start over
+        log(f"{dataset} {scheme}: {error}; starting over")
+        embed(path, options, force=True)
     return Vault.open(path)
 
 

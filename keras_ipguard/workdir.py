@@ -12,7 +12,7 @@ import shutil
 import time
 from pathlib import Path
 
-from .errors import IPGuardError
+from .errors import IPGuardError, StaleCheckpointError
 from .vault import OWNER_KEY_BYTES, OWNER_KEY_FILE
 
 OPTIONS_FILE = "options.json"
@@ -53,8 +53,8 @@ class WorkDir:
             if resume and recorded.is_file() and recorded.read_text() == text:
                 return cls(work, (work / OWNER_KEY_FILE).read_bytes())
             if resume:
-                raise IPGuardError(f"the checkpoint at {work} was made with other options; rerun with the same "
-                                   "options, or with --force to start over")
+                raise StaleCheckpointError(f"the checkpoint at {work} was made with other options; rerun with the "
+                                           "same options, or with --force to start over")
             if not force:
                 raise IPGuardError(f"an interrupted embed left a checkpoint at {work}; pass --resume to continue it "
                                    "or --force to start over")

@@ -66,3 +66,26 @@ def test_paper_run_writes_table_json_and_plots_and_resumes(tmp_path):
     assert again.returncode == 0 and again.stderr.count("reusing") == 1
     assert "embedding" not in again.stderr and "attack" not in again.stderr
     assert json.loads((out / "results.json").read_text())["schemes"] == result["schemes"]
+
+
+def test_a_checkpoint_left_by_other_settings_is_started_over_saying_so(tmp_path, monkeypatch, capsys):
+    import keras_ipguard.embedding
+    from keras_ipguard import Vault
+    from keras_ipguard.paper import embed_scheme
+    from keras_ipguard.workdir import OPTIONS_FILE, WorkDir
+
+    vault = tmp_path / "work" / "fashion_mnist" / "noise"
+    stale = WorkDir.open(vault, {"defaults": "last week's"})  # an interrupted run of older defaults
+    calls = []
+
+    def embed(path, options, force=False, resume=False):  # embed's own checkpoint handling, then a vault
+        calls.append((force, resume))
+        WorkDir.open(path, {"defaults": "today's"}, resume=resume, force=force)
+        Vault.create(path, dataset="fashion_mnist", num_classes=10, input_shape=(28, 28, 1))
+
+    monkeypatch.setattr(keras_ipguard.embedding, "embed", embed)
+    assert embed_scheme(tmp_path / "work", "fashion_mnist", "noise", {}, None).num_classes == 10
+    assert calls == [(False, True), (True, False)]  # refused as a resume, then started over
+    assert json.loads((stale.path / OPTIONS_FILE).read_text()) == {"defaults": "today's"}
+    said = capsys.readouterr().err
+    assert "noise: the checkpoint at" in said and "was made with other options" in said and "starting over" in said
