@@ -96,7 +96,8 @@ class ExtraClassConfig:
     survival_rounds: int | None = setting(
         None, "Owner attack rounds choosing the keys: fine-tune copies of the trained model as an informed thief "
         "would (all layers, Adam) on the owner's training images, and keep the half of the --keys keys whose "
-        "secret class survives best. 0: off (every trained key kept).", kind=int, low=0,
+        "secret class survives best, leaving out those a plain reference model answers anyway. 0: off (every "
+        "trained key kept).", kind=int, low=0,
         default_text="3 with the key code on the small CNN where they cost at most a quarter of the training; 0 "
         "otherwise")
     survival_keep: float = setting(DEFAULT_SURVIVAL_KEEP, "The share of the trained keys kept when survival_rounds "
