@@ -18,7 +18,11 @@ where it stopped (a scheme's checkpoint left by other settings is started
 over, saying so); delete a scheme's vault to measure it again. Results go to
 --out/<dataset>/: results.json (all figures, the command, settings, machine
 and date), table.md, prune.png and attacks.png, rewritten after every scheme
-(until the last, marked partial, with the schemes still to run).
+(until the last, marked partial, with the schemes still to run). A run of
+some schemes (`--scheme`) over a results.json of the same settings updates
+their rows and keeps the others', naming the earlier runs (`earlier_runs`);
+their fidelity is measured against the recorded plain baseline unless the run
+re-measures ours, which trains it again.
 """
 
 import argparse
@@ -141,12 +145,16 @@ def run_dataset(dataset, work, out, profile, data_dir, scheme_names, overrides=N
     if overrides:
         profile = "custom"
         settings.update(overrides)
-    rows, plain_accuracy, result = {}, None, None
+    rows, plain_accuracy, earlier = recorded_rows(out / dataset, profile, settings, scheme_names)
+    result = None
     for index, scheme in enumerate(scheme_names):
         started = time.time()
-        vault = embed_scheme(work, dataset, scheme, settings, data_dir, baseline=index == 0)
+        # The plain baseline comes with the registry's first scheme (ours), or with this run's first where no
+        # recorded result of the same settings has one.
+        trains_baseline = scheme == _first_scheme() or (index == 0 and plain_accuracy is None)
+        vault = embed_scheme(work, dataset, scheme, settings, data_dir, baseline=trains_baseline)
         embed_report = json.loads((vault.reports_path / "embed.json").read_text())
-        if index == 0:
+        if trains_baseline:
             plain_accuracy = embed_report.get("baseline_clean_accuracy", plain_accuracy)
         finished = vault.reports_path / "paper-row.json"
         if finished.is_file():  # a finished scheme of an interrupted run
@@ -154,9 +162,40 @@ def run_dataset(dataset, work, out, profile, data_dir, scheme_names, overrides=N
         else:
             rows[scheme] = _scheme_row(vault, embed_report, data_dir, settings, started)
         # After every scheme: an interrupted run leaves the table of what finished, marked partial.
-        result = _result(dataset, profile, settings, rows, plain_accuracy, scheme_names[index + 1:])
+        result = _result(dataset, profile, settings, rows, plain_accuracy, scheme_names[index + 1:], earlier)
         write_outputs(result, out / dataset)
     return result
+
+
+def _first_scheme():
+    from .schemes import names
+
+    return names()[0]
+
+
+def recorded_rows(target, profile, settings, scheme_names):
+    """(rows, plain accuracy, earlier runs) of the results.json under `target` when it was made with the same
+    profile and settings: a run of some schemes updates their rows and keeps the others' (with their plain
+    baseline, unless this run trains ours, which trains it again). Else nothing is kept."""
+    path = target / "results.json"
+    if not path.is_file():
+        return {}, None, []
+    try:
+        recorded = json.loads(path.read_text())
+        if recorded.get("profile") != profile or recorded.get("settings") != settings:
+            log(f"{path}: made with other settings ({recorded.get('profile')} {recorded.get('settings')}); "
+                "replacing it")
+            return {}, None, []
+        kept = {name: row for name, row in recorded["schemes"].items() if name not in scheme_names}
+        earlier = recorded.get("earlier_runs", []) + [{"command": recorded["command"], "date": recorded["date"],
+                                                       "schemes": sorted(recorded["schemes"])}]
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        log(f"{path}: unreadable ({error}); replacing it")
+        return {}, None, []
+    if kept:
+        log(f"{path}: keeping the recorded rows of {', '.join(sorted(kept))}")
+    plain = None if _first_scheme() in scheme_names else recorded.get("plain_clean_accuracy")
+    return kept, plain, earlier if kept else []
 
 
 def _scheme_row(vault, embed_report, data_dir, settings, started):
@@ -182,8 +221,9 @@ def _scheme_row(vault, embed_report, data_dir, settings, started):
     return row
 
 
-def _result(dataset, profile, settings, rows, plain_accuracy, pending):
-    """results.json's content: the finished schemes' rows, and `pending`, the schemes still to run."""
+def _result(dataset, profile, settings, rows, plain_accuracy, pending, earlier=()):
+    """results.json's content: the finished schemes' rows, `pending`, the schemes still to run, and
+    `earlier_runs`, the runs whose rows it keeps (command, date, the schemes they measured)."""
     from .training import machine_info
 
     for row in rows.values():
@@ -203,6 +243,7 @@ def _result(dataset, profile, settings, rows, plain_accuracy, pending):
         "plain_clean_accuracy": plain_accuracy,
         "schemes": rows,
         "pending": list(pending),
+        "earlier_runs": list(earlier),
     }
 
 

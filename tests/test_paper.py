@@ -89,3 +89,51 @@ def test_a_checkpoint_left_by_other_settings_is_started_over_saying_so(tmp_path,
     assert json.loads((stale.path / OPTIONS_FILE).read_text()) == {"defaults": "today's"}
     said = capsys.readouterr().err
     assert "noise: the checkpoint at" in said and "was made with other options" in said and "starting over" in said
+
+
+def test_a_run_of_some_schemes_updates_their_rows_and_keeps_the_recorded_others(tmp_path, monkeypatch, capsys):
+    import keras_ipguard.paper as paper
+
+    def row(scheme, clean):
+        return {"scheme": scheme, "embed": {"clean_accuracy": clean, "epochs": 1, "architecture": "small_cnn"},
+                "attack_reports": [{"threat_model": {"attacker_images": 100}}]}
+
+    baselines, written = [], []
+
+    def embed_scheme(work, dataset, scheme, settings, data_dir, baseline=False):  # a finished vault, no training
+        baselines.append((scheme, baseline))
+        reports = tmp_path / "work" / scheme / "reports"
+        reports.mkdir(parents=True, exist_ok=True)
+        (reports / "embed.json").write_text(json.dumps({"clean_accuracy": 0.85, "baseline_clean_accuracy": 0.88}))
+        return type("FakeVault", (), {"reports_path": reports})()
+
+    monkeypatch.setattr(paper, "embed_scheme", embed_scheme)
+    monkeypatch.setattr(paper, "_scheme_row", lambda vault, report, *rest: row("new", report["clean_accuracy"]))
+    monkeypatch.setattr(paper, "write_outputs", lambda result, target: written.append(result))
+    target = tmp_path / "out" / "fashion_mnist"
+    target.mkdir(parents=True)
+    recorded = paper._result("fashion_mnist", "custom", {"epochs": 1},
+                             {"extra-class": row("extra-class", 0.89), "unrelated": row("unrelated", 0.80)}, 0.9, [])
+    (target / "results.json").write_text(json.dumps({**recorded, "command": "the first run", "date": "monday"}))
+
+    def run(schemes, epochs=1):
+        paper.run_dataset("fashion_mnist", tmp_path / "work", tmp_path / "out", "full", None, schemes,
+                          {"epochs": epochs})
+        return written[-1]
+
+    result = run(["unrelated"])  # one scheme re-run: no baseline of its own, ours' row and plain model kept
+    assert baselines == [("unrelated", False)] and result["plain_clean_accuracy"] == 0.9
+    assert result["schemes"]["extra-class"]["embed"]["clean_accuracy"] == 0.89
+    assert result["schemes"]["unrelated"]["scheme"] == "new" and result["schemes"]["unrelated"]["fidelity_drop"] == 5.0
+    assert result["earlier_runs"] == [{"command": "the first run", "date": "monday",
+                                       "schemes": ["extra-class", "unrelated"]}]
+    assert "keeping the recorded rows of extra-class" in capsys.readouterr().err
+    (target / "results.json").write_text(json.dumps(result))
+    result = run(["extra-class"])  # ours re-run trains the plain baseline again; every row is measured against it
+    assert baselines[-1] == ("extra-class", True) and result["plain_clean_accuracy"] == 0.88
+    assert result["schemes"]["unrelated"]["fidelity_drop"] == 3.0 and len(result["earlier_runs"]) == 2
+    result = run(["unrelated"], epochs=2)  # other settings: nothing recorded is kept, the baseline comes with it
+    assert list(result["schemes"]) == ["unrelated"] and result["earlier_runs"] == []
+    assert baselines[-1] == ("unrelated", True) and "made with other settings" in capsys.readouterr().err
+    (target / "results.json").write_text("{truncated")
+    assert list(run(["unrelated"])["schemes"]) == ["unrelated"] and "unreadable" in capsys.readouterr().err
