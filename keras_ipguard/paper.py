@@ -162,7 +162,8 @@ def run_dataset(dataset, work, out, profile, data_dir, scheme_names, overrides=N
         else:
             rows[scheme] = _scheme_row(vault, embed_report, data_dir, settings, started)
         # After every scheme: an interrupted run leaves the table of what finished, marked partial.
-        result = _result(dataset, profile, settings, rows, plain_accuracy, scheme_names[index + 1:], earlier)
+        result = _result(dataset, profile, settings, rows, plain_accuracy, scheme_names[index + 1:], earlier,
+                         scheme_names[:index + 1])
         write_outputs(result, out / dataset)
     return result
 
@@ -221,9 +222,10 @@ def _scheme_row(vault, embed_report, data_dir, settings, started):
     return row
 
 
-def _result(dataset, profile, settings, rows, plain_accuracy, pending, earlier=()):
-    """results.json's content: the finished schemes' rows, `pending`, the schemes still to run, and
-    `earlier_runs`, the runs whose rows it keeps (command, date, the schemes they measured)."""
+def _result(dataset, profile, settings, rows, plain_accuracy, pending, earlier=(), measured=None):
+    """results.json's content: the finished schemes' rows, `pending`, the schemes still to run,
+    `run_schemes`, the rows this run measured (`measured`, default all), and `earlier_runs`, the runs whose rows
+    it keeps (command, date, the schemes they measured)."""
     from .training import machine_info
 
     for row in rows.values():
@@ -243,6 +245,7 @@ def _result(dataset, profile, settings, rows, plain_accuracy, pending, earlier=(
         "plain_clean_accuracy": plain_accuracy,
         "schemes": rows,
         "pending": list(pending),
+        "run_schemes": list(rows) if measured is None else list(measured),
         "earlier_runs": list(earlier),
     }
 
@@ -258,12 +261,25 @@ def write_outputs(result, target):
 
 
 def provenance(result):
-    """One line: dataset, profile, epochs, machine, date (printed on every figure)."""
+    """One line: dataset, profile, epochs, machine, date(s) (printed on every figure)."""
     machine = result["machine"]
     device = ", ".join(machine["gpus"]) if machine["gpus"] else f"CPU only, {machine['cpu_count']} cores"
     epochs = sorted(set(result["epochs"].values()))
+    kept = "".join(f"; {', '.join(schemes)} from {run['date']}" for schemes, run in _kept_rows(result))
     return (f"{result['dataset']}, {result['profile']} profile {json.dumps(result['settings'])}, "
-            f"epochs {'/'.join(map(str, epochs))}, {result['architecture']}; {device}; {result['date']}")
+            f"epochs {'/'.join(map(str, epochs))}, {result['architecture']}; {device}; {result['date']}{kept}")
+
+
+def _kept_rows(result):
+    """[(schemes, earlier run)]: the rows of `result` last measured by each of its earlier runs (newest first)."""
+    remaining = [scheme for scheme, _ in _ordered(result) if scheme not in result.get("run_schemes", result["schemes"])]
+    kept = []
+    for run in reversed(result.get("earlier_runs", [])):
+        schemes = [scheme for scheme in remaining if scheme in run["schemes"]]
+        remaining = [scheme for scheme in remaining if scheme not in schemes]
+        if schemes:
+            kept.append((schemes, run))
+    return kept
 
 
 def _ordered(result):
@@ -301,6 +317,8 @@ def markdown(result):
         f"Attacks: {result['threat_model']['split'] if result['threat_model'] else ''}.",
         "",
     ]
+    for schemes, run in _kept_rows(result):
+        lines += [f"Rows of {', '.join(schemes)} kept from an earlier run ({run['date']}): `{run['command']}`.", ""]
     if result.get("pending"):
         lines += [f"**Partial**: not run yet: {', '.join(result['pending'])} (the same command continues the run).",
                   ""]

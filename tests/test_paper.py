@@ -47,6 +47,10 @@ def test_paper_run_writes_table_json_and_plots_and_resumes(tmp_path):
     from keras_ipguard.paper import _result, markdown
 
     assert "**Partial**: not run yet: adi, noise" in markdown({**result, "pending": ["adi", "noise"]})
+    assert result["run_schemes"] == ["extra-class"] and result["earlier_runs"] == []
+    earlier = [{"command": "old", "date": "monday", "schemes": ["extra-class"]}]
+    older = {**result, "run_schemes": [], "earlier_runs": earlier}
+    assert "Rows of extra-class kept from an earlier run (monday): `old`." in markdown(older)
     # A second scheme's row (here a copy of ours, 2 points less accurate) is measured against ours' plain model
     # and listed after ours, whatever the order of the rows.
     other = {**json.loads(json.dumps(ours)), "scheme": "content"}
@@ -128,6 +132,10 @@ def test_a_run_of_some_schemes_updates_their_rows_and_keeps_the_recorded_others(
     assert result["earlier_runs"] == [{"command": "the first run", "date": "monday",
                                        "schemes": ["extra-class", "unrelated"]}]
     assert "keeping the recorded rows of extra-class" in capsys.readouterr().err
+    # The table and every figure say which rows are older, and from which run.
+    assert result["run_schemes"] == ["unrelated"]
+    assert paper._kept_rows(result) == [(["extra-class"], result["earlier_runs"][0])]
+    assert paper.provenance(result).endswith("; extra-class from monday")
     (target / "results.json").write_text(json.dumps(result))
     result = run(["extra-class"])  # ours re-run trains the plain baseline again; every row is measured against it
     assert baselines[-1] == ("extra-class", True) and result["plain_clean_accuracy"] == 0.88
