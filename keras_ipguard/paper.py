@@ -188,8 +188,10 @@ def recorded_rows(target, profile, settings, scheme_names):
                 "replacing it")
             return {}, None, []
         kept = {name: row for name, row in recorded["schemes"].items() if name not in scheme_names}
+        # What that run measured itself (a file from before `run_schemes`: all its rows).
+        measured = sorted(recorded.get("run_schemes", recorded["schemes"]))
         earlier = recorded.get("earlier_runs", []) + [{"command": recorded["command"], "date": recorded["date"],
-                                                       "schemes": sorted(recorded["schemes"])}]
+                                                       "schemes": measured}]
     except (ValueError, KeyError, TypeError, AttributeError) as error:
         log(f"{path}: unreadable ({error}); replacing it")
         return {}, None, []

@@ -140,6 +140,9 @@ def test_a_run_of_some_schemes_updates_their_rows_and_keeps_the_recorded_others(
     result = run(["extra-class"])  # ours re-run trains the plain baseline again; every row is measured against it
     assert baselines[-1] == ("extra-class", True) and result["plain_clean_accuracy"] == 0.88
     assert result["schemes"]["unrelated"]["fidelity_drop"] == 3.0 and len(result["earlier_runs"]) == 2
+    # The one-scheme run is recorded with what it measured itself, not the rows it kept from the first.
+    assert result["earlier_runs"][1]["schemes"] == ["unrelated"]
+    assert paper._kept_rows(result) == [(["unrelated"], result["earlier_runs"][1])]
     result = run(["unrelated"], epochs=2)  # other settings: nothing recorded is kept, the baseline comes with it
     assert list(result["schemes"]) == ["unrelated"] and result["earlier_runs"] == []
     assert baselines[-1] == ("unrelated", True) and "made with other settings" in capsys.readouterr().err
