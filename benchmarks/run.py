@@ -23,6 +23,10 @@ def main():
 
     bench_prune.run()
     print()
+    from benchmarks import bench_onednn  # pylint: disable=import-outside-toplevel
+
+    bench_onednn.run()
+    print()
     from benchmarks import bench_serve  # pylint: disable=import-outside-toplevel
 
     bench_serve.run()

@@ -46,3 +46,26 @@ def test_the_identity_commands_do_not_import_tensorflow():
         """
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_importing_the_package_turns_on_onednn_unless_the_user_chose():
+    code = """
+        import os, sys
+        if sys.argv[1] == "package":
+            from keras_ipguard.backend import tensorflow
+            tensorflow()
+        from tensorflow.python.util import _pywrap_util_port
+        print(os.environ.get("TF_ENABLE_ONEDNN_OPTS"), _pywrap_util_port.IsMklEnabled())
+        """
+
+    def onednn(first, **env):
+        environ = {k: v for k, v in os.environ.items() if k not in ("TF_USE_LEGACY_KERAS", "TF_ENABLE_ONEDNN_OPTS")}
+        done = subprocess.run([sys.executable, "-c", textwrap.dedent(code), first], capture_output=True, text=True,
+                              env={**environ, "TF_CPP_MIN_LOG_LEVEL": "3", **env})
+        assert done.returncode == 0, done.stderr
+        return done.stdout.split()
+
+    # Unset: the package asks for oneDNN, and TensorFlow has it as it does with the variable set by hand.
+    assert onednn("package") == ["1", onednn("tensorflow", TF_ENABLE_ONEDNN_OPTS="1")[1]]
+    # The user's choice stands: 0 stays 0, and TensorFlow's kernels stay off.
+    assert onednn("package", TF_ENABLE_ONEDNN_OPTS="0") == ["0", "False"]
