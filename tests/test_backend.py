@@ -4,10 +4,11 @@ import sys
 import textwrap
 
 
-def _python(code):
-    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
-    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=env)
+def _python(code, *args, **env):
+    """Runs `code` in a fresh Python, as a user's shell would start it: without the variables the package sets."""
+    environ = {k: v for k, v in os.environ.items() if k not in ("TF_USE_LEGACY_KERAS", "TF_ENABLE_ONEDNN_OPTS")}
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code), *args], capture_output=True, text=True,
+                          env={**environ, "TF_CPP_MIN_LOG_LEVEL": "3", **env})
 
 
 def test_importing_the_package_routes_tf_keras_to_keras_2():
@@ -59,9 +60,7 @@ def test_importing_the_package_turns_on_onednn_unless_the_user_chose():
         """
 
     def onednn(first, **env):
-        environ = {k: v for k, v in os.environ.items() if k not in ("TF_USE_LEGACY_KERAS", "TF_ENABLE_ONEDNN_OPTS")}
-        done = subprocess.run([sys.executable, "-c", textwrap.dedent(code), first], capture_output=True, text=True,
-                              env={**environ, "TF_CPP_MIN_LOG_LEVEL": "3", **env})
+        done = _python(code, first, **env)
         assert done.returncode == 0, done.stderr
         return done.stdout.split()
 
