@@ -7,6 +7,7 @@ images that such a filter finds ordinary (stealthy keys).
 
 import numpy as np
 
+from . import batches
 from .backend import keras as _keras
 
 
@@ -25,13 +26,13 @@ def train_autoencoder(images, epochs=10, seed=0):
     autoencoder = keras.Model(inputs, outputs)
     autoencoder.compile("adam", "mse")
     pixels = images.astype(np.float32)
-    autoencoder.fit(pixels, pixels / 255.0, epochs=epochs, batch_size=64, verbose=0)
+    batches.fit(autoencoder, pixels, pixels / 255.0, 64, epochs)
     return autoencoder
 
 
 def reconstruct(autoencoder, images, batch_size=256):
     """The autoencoder's reconstruction of uint8 images, as floats in [0, 1]."""
-    return autoencoder.predict(np.asarray(images).astype(np.float32), batch_size=batch_size, verbose=0)
+    return batches.scores(autoencoder, images, batch_size)
 
 
 def reconstruction_errors(autoencoder, images, reconstruction=None):

@@ -34,6 +34,7 @@ import os
 
 import numpy as np
 
+from . import batches
 from .backend import tensorflow
 from .errors import IPGuardError
 
@@ -161,7 +162,7 @@ def load_split(name, split, data_dir=None, max_examples=None):
         raise IPGuardError(f"{name} has no split {split!r} ({error}); "
                            f"available: {', '.join(prepared.info.splits)}") from None
     images, labels = [], []
-    for x, y in dataset.batch(_LOAD_BATCH).as_numpy_iterator():
+    for x, y in batches.quiet(dataset.batch(_LOAD_BATCH)).as_numpy_iterator():
         images.append(x)
         labels.append(y)
     if not images:
@@ -193,7 +194,7 @@ def load_encoded_images(name, split, data_dir=None):
     else:
         images = prepared.as_dataset(split=split, shuffle_files=False, decoders={"image": tfds.decode.SkipDecoding()})
         images = images.map(lambda record: record["image"]).batch(_LOAD_BATCH)
-    encoded = [image for batch in images.as_numpy_iterator() for image in batch]
+    encoded = [image for batch in batches.quiet(images).as_numpy_iterator() for image in batch]
 
     def decode(image):
         return tf.io.decode_image(image, channels=channels, expand_animations=False).numpy()
@@ -448,5 +449,6 @@ def training_dataset(records, count, depth, batch_size, streams=None, key_share=
         return merged + (weights,) if weighted else merged
 
     dataset = tf.data.Dataset.zip(tuple(pipeline)).map(merge, num_parallel_calls=autotune).prefetch(autotune)
+    dataset = batches.quiet(dataset)
     steps_per_epoch = max(1, count // batch_size)
     return dataset, steps_per_epoch

@@ -8,6 +8,7 @@ import contextlib
 
 import numpy as np
 
+from . import batches
 from .architectures import ARCHITECTURES, auto_architecture
 from .backend import keras as _keras
 from .backend import keras3 as _keras3
@@ -536,8 +537,7 @@ def renormalize_kernels(model, factor):
 
 def predict_classes(model, images, batch_size=512):
     """Top-1 class ids of `model` on uint8 or float images, in batches."""
-    probabilities = model.predict(np.asarray(images, np.float32), batch_size=batch_size, verbose=0)
-    return np.argmax(probabilities, axis=-1)
+    return np.argmax(batches.scores(model, images, batch_size), axis=-1)
 
 
 def save_model(model, directory):
@@ -609,5 +609,4 @@ def _load_failure(error):
 
 def task_classes(model, images, num_classes):
     """Top-1 class among the first `num_classes` outputs (a watermark class beyond them ignored)."""
-    scores = model.predict(np.asarray(images, np.float32), batch_size=512, verbose=0)
-    return np.argmax(scores[:, :num_classes], axis=-1)
+    return np.argmax(batches.scores(model, images)[:, :num_classes], axis=-1)

@@ -22,6 +22,7 @@ import numpy as np
 
 from . import data
 from .backend import tensorflow
+from .batches import quiet
 from .errors import IPGuardError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
@@ -35,7 +36,7 @@ _BATCH = 512
 def _arrays(dataset, shape):
     """(uint8 images, int64 labels) of a finite dataset of pairs."""
     images, labels = [], []
-    for x, y in dataset.batch(_BATCH).as_numpy_iterator():
+    for x, y in quiet(dataset.batch(_BATCH)).as_numpy_iterator():
         images.append(x)
         labels.append(y)
     if not images:
@@ -55,8 +56,9 @@ class Split:
         raise NotImplementedError
 
     def dataset(self, seed=None, shard=None):
-        """A tf.data.Dataset of the pairs (shuffled when `seed` is given; one worker's shard with `shard`)."""
-        return self._records(seed, shard)
+        """A tf.data.Dataset of the pairs (shuffled when `seed` is given; one worker's shard with `shard`), with
+        tf.data's autotuning off (`batches.quiet`)."""
+        return quiet(self._records(seed, shard))
 
     def _slices(self, tensors, seed, shard):
         """In-memory tensors as a dataset: this worker's shard, shuffled whole with `seed`."""
@@ -319,7 +321,7 @@ def _memory_task(dataset, image_size, channels, test_fraction, seed, max_train, 
             count = int(part.cardinality())
             count = count if count >= 0 else sum(1 for _ in part)
             native = tuple(part.element_spec[0].shape)
-            labels.append(np.concatenate([y for _, y in part.batch(_BATCH).as_numpy_iterator()]))
+            labels.append(np.concatenate([y for _, y in quiet(part.batch(_BATCH)).as_numpy_iterator()]))
             splits[split] = ("dataset", part, count, native)
         else:
             images, part_labels = (np.asarray(a) for a in part)

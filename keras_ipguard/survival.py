@@ -27,6 +27,8 @@ import time
 
 import numpy as np
 
+from . import batches
+
 # The reference model (`natural_codes`): as long as a survival round fine-tunes, in the attacks' batch size.
 REFERENCE_EPOCHS = 10
 REFERENCE_BATCH = 64
@@ -34,7 +36,7 @@ REFERENCE_BATCH = 64
 
 def code_margins(model, keys, codes, num_classes):
     """float (K,): each key's score on its secret class minus its best other task class's (> 0: code kept)."""
-    scores = model.predict(np.asarray(keys, np.float32), batch_size=512, verbose=0)[:, :num_classes]
+    scores = batches.scores(model, keys)[:, :num_classes]
     rows = np.arange(len(codes))
     others = scores.copy()
     others[rows, codes] = -np.inf
@@ -71,9 +73,8 @@ def natural_codes(model, keys, codes, num_classes, images, labels, seed, epochs=
     tfk.utils.set_random_seed(seed)
     reference = fresh_twin(functional, num_classes, name="reference")
     reference.compile(optimizer=tfk.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
-    reference.fit(np.asarray(images, np.float32), labels, epochs=epochs, batch_size=REFERENCE_BATCH, shuffle=True,
-                  verbose=0)
-    answers = reference.predict(np.asarray(keys, np.float32), batch_size=512, verbose=0).argmax(axis=1)
+    batches.fit(reference, images, labels, REFERENCE_BATCH, epochs)
+    answers = batches.scores(reference, keys).argmax(axis=1)
     return answers == np.asarray(codes)
 
 

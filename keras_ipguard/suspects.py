@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import batches
 from .backend import tensorflow
 from .errors import IPGuardError
 
@@ -69,7 +70,7 @@ class KerasSuspect(Suspect):
         self.num_outputs = watermark_class + 1 if watermark_class is not None else int(model.output_shape[-1])
 
     def answers(self, images):
-        return self.model.predict(np.asarray(images, np.float32), batch_size=512, verbose=0)
+        return batches.scores(self.model, images)
 
 
 class TransformedSuspect(Suspect):

@@ -13,7 +13,7 @@ LAYERS = (
     # Bits and records: no TensorFlow, nothing of the package above them.
     {"_version", "errors", "lookup", "settings", "atomic", "stego", "identity", "images", "registry", "vault",
      "authentication", "metrics", "architectures", "keycode"},
-    {"backend"},
+    {"backend", "batches"},
     {"data", "sources", "models", "callbacks", "autoencoder", "suspects", "base_models", "workdir"},
     {"training"},
     {"schemes"},

@@ -62,8 +62,9 @@ def test_natural_codes_are_the_codes_a_model_never_shown_the_keys_answers():
     images = (levels[labels][:, None, None, None] + rng.normal(0, 8, (400,) + SHAPE)).clip(0, 255)
     keys = np.broadcast_to(levels[:, None, None, None], (4,) + SHAPE).astype(np.float32)
     owner = build_plain_classifier("small_cnn", SHAPE, 5)  # the architecture twinned (its weights are not used)
+    # 12 epochs: at 8 the reference missed one brightness in 2 of 6 seeds (one op thread, 2026-12-04); at 12, none.
     natural = survival.natural_codes(owner, keys, np.array([0, 1, 3, 3]), 4, images.astype(np.float32), labels,
-                                     seed=0, epochs=8)
+                                     seed=0, epochs=12)
     assert natural.tolist() == [True, True, False, True]
 
 

@@ -19,6 +19,7 @@ import dataclasses
 
 import numpy as np
 
+from .. import batches
 from ..errors import IPGuardError
 from ..settings import setting
 from .base import Attack
@@ -36,7 +37,7 @@ _BATCH = 64
 def query_labels(model, images, num_classes, labels="hard"):
     """What the thief gets for `images` through the N task outputs: one-hot top-1 labels, or the renormalised
     probabilities (soft)."""
-    scores = model.predict(np.asarray(images, np.float32), batch_size=512, verbose=0)[:, :num_classes]
+    scores = batches.scores(model, images)[:, :num_classes]
     scores = np.maximum(scores.astype(np.float64), 0)
     if labels == "hard":
         return np.eye(num_classes, dtype=np.float32)[np.argmax(scores, axis=-1)]
@@ -66,7 +67,7 @@ def extract_model(model, images, num_classes, arch, labels="hard", epochs=DEFAUL
     else:
         surrogate = build_plain_classifier(arch, images.shape[1:], num_classes)
     surrogate.compile(optimizer=keras.optimizers.Adam(1e-3), loss="categorical_crossentropy")
-    surrogate.fit(np.asarray(images, np.float32), targets, epochs=epochs, batch_size=_BATCH, shuffle=True, verbose=0)
+    batches.fit(surrogate, images, targets, _BATCH, epochs)
     return surrogate
 
 

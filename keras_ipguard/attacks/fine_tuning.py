@@ -4,6 +4,7 @@ import dataclasses
 
 import numpy as np
 
+from .. import batches
 from ..schemes.extra_class import DEFAULT_KERNEL_SCALE
 from ..settings import setting
 from .base import Attack
@@ -59,7 +60,7 @@ def finetune_model(model, variant, attack_x, attack_y, epochs=DEFAULT_EPOCHS, op
     rate = learning_rate or DEFAULT_LEARNING_RATES[optimizer]
     opt = keras.optimizers.SGD(rate, momentum=0.9) if optimizer == "sgd" else keras.optimizers.Adam(rate)
     clone.compile(optimizer=opt, loss="sparse_categorical_crossentropy")
-    clone.fit(attack_x.astype(np.float32), attack_y, epochs=epochs, batch_size=_BATCH, shuffle=True, verbose=0)
+    batches.fit(clone, attack_x, attack_y, _BATCH, epochs)
     return clone
 
 

@@ -4,6 +4,7 @@ import dataclasses
 
 import numpy as np
 
+from .. import batches
 from ..settings import setting
 from .base import Attack
 from .common import AttackReport, Timer, measure
@@ -65,8 +66,7 @@ def prune_model(model, rate, attack_x, attack_y, finetune_epochs=0, learning_rat
         weights = source.get_weights()
         target.set_weights(weights + target.get_weights()[len(weights):])
     pruned.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy")
-    pruned.fit(x.astype(np.float32), y, epochs=epochs, batch_size=_BATCH, callbacks=[tfmot.UpdatePruningStep()],
-               verbose=0)
+    batches.fit(pruned, x, y, _BATCH, epochs, callbacks=[tfmot.UpdatePruningStep()])
     return tfmot.strip_pruning(pruned)
 
 
@@ -115,8 +115,7 @@ def _prune_with_masks(model, rate, attack_x, attack_y, finetune_epochs, learning
                 _apply(layers, self.masks)
 
         pruned.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="sparse_categorical_crossentropy")
-        pruned.fit(attack_x.astype(np.float32), attack_y, epochs=finetune_epochs, batch_size=_BATCH,
-                   callbacks=[Schedule()], verbose=0)
+        batches.fit(pruned, attack_x, attack_y, _BATCH, finetune_epochs, callbacks=[Schedule()])
     _apply(layers, _masks(layers, rate))
     if not finetune_epochs:
         # TFMOT's one-shot is one training step at learning rate 0 on the attacker's first batch: its forward

@@ -1,0 +1,44 @@
+"""The datasets the library gives Keras: tf.data's autotuning off, every example once per epoch, same answers."""
+
+import numpy as np
+
+from keras_ipguard import batches, data, sources
+from keras_ipguard.backend import keras, tensorflow
+
+from conftest import synthetic_keys
+
+
+def _orders(dataset):
+    return [np.concatenate([y for _, y in dataset.as_numpy_iterator()]).tolist() for _ in range(2)]
+
+
+def test_every_dataset_the_library_trains_on_or_iterates_has_autotuning_off():
+    # The autotuning thread makes destroying an iterator wait out its sleep (up to a minute): the end of a fit.
+    images, labels = synthetic_keys(64, (28, 28, 1)), np.arange(64) % 10
+    split = sources.ArraySplit(images, labels, (28, 28, 1))
+    pipeline, _ = data.training_dataset(split.dataset(seed=0), split.count, 11, 16)
+    for dataset in (batches.arrays(images, labels), split.dataset(), split.dataset(seed=0), pipeline):
+        assert dataset.options().autotune.enabled is False
+    assert tensorflow().data.Dataset.range(3).options().autotune.enabled is not False  # TensorFlow's default
+
+
+def test_arrays_reshuffle_every_epoch_as_the_global_seed_says():
+    x, y = np.zeros((40, 2, 2, 1), np.uint8), np.arange(40)
+    keras().utils.set_random_seed(3)
+    first, second = _orders(batches.arrays(x, y, 8, shuffle=True))
+    assert sorted(first) == sorted(second) == list(range(40)) and first != second
+    keras().utils.set_random_seed(3)
+    assert _orders(batches.arrays(x, y, 8, shuffle=True)) == [first, second]
+    assert _orders(batches.arrays(x, y, 8))[0] == list(range(40))
+
+
+def test_scores_are_keras_predict_s_and_fit_trains():
+    tfk = keras()
+    tfk.utils.set_random_seed(0)
+    model = tfk.Sequential([tfk.Input((4, 4, 1)), tfk.layers.Flatten(), tfk.layers.Dense(3, activation="softmax")])
+    model.compile(optimizer=tfk.optimizers.Adam(0.05), loss="sparse_categorical_crossentropy")
+    x = np.random.default_rng(0).integers(0, 256, (600, 4, 4, 1)).astype(np.uint8)
+    y = (x.reshape(600, -1).mean(axis=1) > 127.5).astype(np.int64)
+    np.testing.assert_array_equal(batches.scores(model, x, 64), model.predict(x.astype(np.float32), 64, verbose=0))
+    history = batches.fit(model, x, y, 32, 5)
+    assert len(history.history["loss"]) == 5 and history.history["loss"][-1] < history.history["loss"][0]
