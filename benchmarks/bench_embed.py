@@ -14,7 +14,7 @@ than the training step, so it is never the bottleneck.
 
 import time
 
-from keras_ipguard import data, sources
+from keras_ipguard import batches, data, sources
 from keras_ipguard.backend import tensorflow
 from keras_ipguard.models import WatermarkedClassifier, build_backbone, build_plain_classifier
 from keras_ipguard.schemes import ExtraClass, Secret
@@ -35,6 +35,9 @@ def run(dataset="fashion_mnist", examples=12_000, epochs=2, rounds=3, batch=128,
                                           streams)
     tf = tensorflow()
     plain = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x)).batch(batch).prefetch(tf.data.AUTOTUNE)
+    # Autotuning off as in embed's pipeline, so both fits time training alone, not the wait for tf.data's
+    # autotuning thread at the end of a fit (`keras_ipguard.batches`; measured by bench_fit_end.py).
+    plain = batches.quiet(plain)
     plain_steps = -(-len(x) // batch)
 
     def fit(dataset_, steps_, robustness=0.0, watermarked=True):

@@ -27,6 +27,10 @@ def main():
 
     bench_onednn.run()
     print()
+    from benchmarks import bench_fit_end  # pylint: disable=import-outside-toplevel
+
+    bench_fit_end.run()
+    print()
     from benchmarks import bench_serve  # pylint: disable=import-outside-toplevel
 
     bench_serve.run()
