@@ -36,7 +36,7 @@ _BATCH = 512
 def _arrays(dataset, shape):
     """(uint8 images, int64 labels) of a finite dataset of pairs."""
     images, labels = [], []
-    for x, y in quiet(dataset.batch(_BATCH)).as_numpy_iterator():
+    for x, y in dataset.batch(_BATCH).as_numpy_iterator():  # from `Split.dataset`: already quiet
         images.append(x)
         labels.append(y)
     if not images:
