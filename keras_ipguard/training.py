@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import data
+from . import batches, data
 from .backend import keras as _keras
 from .backend import keras_of, tensorflow
 from .errors import IPGuardError
@@ -243,6 +243,8 @@ class EmbedRun:
         dataset, steps = pipeline
         with self.strategy.scope():
             compile_model(model, self.recipe, learning_rate, steps * epochs)
+            if not self.multi_worker:  # a DatasetCreator has no element spec to build from
+                batches.prepared(model, dataset.element_spec)
         nan_guard = StopOnNaN()
         start = time.perf_counter()
         # Keras prints its progress bar on stdout; keep stdout for results (--json).

@@ -42,3 +42,47 @@ def test_scores_are_keras_predict_s_and_fit_trains():
     np.testing.assert_array_equal(batches.scores(model, x, 64), model.predict(x.astype(np.float32), 64, verbose=0))
     history = batches.fit(model, x, y, 32, 5)
     assert len(history.history["loss"]) == 5 and history.history["loss"][-1] < history.history["loss"][0]
+
+
+def test_fit_traces_its_step_once_where_keras_alone_traces_it_twice():
+    """A first step that creates variables (optimizer slots, loss and metric totals) is traced twice."""
+    from keras_ipguard.models import WatermarkedClassifier, build_backbone
+    from keras_ipguard.training import RECIPES, compile_model
+
+    tfk = keras()
+    x = np.random.default_rng(0).integers(0, 256, (96, 4, 4, 1)).astype(np.uint8)
+    y = np.arange(96) % 3
+
+    def classifier():
+        tfk.utils.set_random_seed(0)
+        model = tfk.Sequential([tfk.Input((4, 4, 1)), tfk.layers.Flatten(), tfk.layers.Dense(3, activation="softmax")])
+        model.compile(optimizer=tfk.optimizers.Adam(0.05), loss="sparse_categorical_crossentropy",
+                      metrics=["accuracy"])
+        return model
+
+    alone, prepared = classifier(), classifier()
+    alone.fit(batches.arrays(x, y, 32), epochs=2, verbose=0)
+    history = batches.fit(prepared, x, y, 32, 2)
+    assert alone.train_function.experimental_get_tracing_count() == 2
+    assert prepared.train_function.experimental_get_tracing_count() == 1
+    assert set(history.history) == {"loss", "accuracy"}  # the metrics were built, not lost
+    # Embedding's own step (free negatives and the key-code pull here), on soft N+1 targets, as embed compiles it.
+    model = WatermarkedClassifier(build_backbone("small_cnn", (28, 28, 1)), 10)
+    model(np.zeros((1, 28, 28, 1), np.float32))
+    model.set_free_negatives(True)
+    model.set_key_code_pull(0.3)
+    compile_model(model, RECIPES["small_cnn"], 1e-3, 4)
+    targets = np.eye(11, dtype=np.float32)[np.arange(32) % 11]
+    images = np.random.default_rng(1).integers(0, 256, (32, 28, 28, 1)).astype(np.float32)
+    dataset = batches.quiet(tensorflow().data.Dataset.from_tensor_slices((images, targets)).batch(16))
+    batches.prepared(model, dataset.element_spec).fit(dataset, epochs=1, verbose=0)
+    assert model.train_function.experimental_get_tracing_count() == 1
+    assert batches.prepared(model, dataset.element_spec) is model  # trained already: left as it is
+    # A user's Keras 3 model builds its own way: left as it is, and fit still trains it.
+    from keras_ipguard.backend import keras3
+
+    k3 = keras3()
+    k3.utils.set_random_seed(0)
+    theirs = k3.Sequential([k3.Input((4, 4, 1)), k3.layers.Flatten(), k3.layers.Dense(3, activation="softmax")])
+    theirs.compile(optimizer=k3.optimizers.Adam(0.05), loss="sparse_categorical_crossentropy")
+    assert len(batches.fit(theirs, x, y, 32, 2).history["loss"]) == 2
