@@ -163,3 +163,28 @@ def test_extract_with_a_query_dataset_but_no_images_is_a_one_line_error(vault):
     result = ipguard("attack", "extract", "--vault", vault.path, "--max-test-examples", "100", "--query-dataset",
                      "mnist")
     assert result.exit_code == 2 and "give --query-dataset-images N" in result.stderr
+
+
+def test_extraction_counts_the_keys_the_thief_queried_and_scores_the_code_on_the_others(vault, threat):
+    """A thief querying the key source's public dataset asks about some keys by chance; the report says so."""
+    import dataclasses
+
+    from keras_ipguard import attacks
+    from keras_ipguard.attacks.extraction import keys_among
+
+    keys = vault.key_images
+    assert keys_among(keys, threat.attack_x).sum() == 0
+    assert keys_among(keys, np.concatenate([threat.attack_x[:5], keys[[3, 7]]])).tolist() == [
+        i in (3, 7) for i in range(len(keys))]
+    asking = dataclasses.replace(threat, attack_x=np.concatenate([threat.attack_x, keys[:5]]),
+                                 attack_y=np.concatenate([threat.attack_y, np.zeros(5, threat.attack_y.dtype)]))
+    extract = attacks.get({"name": "extract", "config": {"labels": ["hard"], "surrogates": ["same"], "queries": 10000,
+                                                        "epochs": 1}})
+    report = extract.run(asking, load_model(vault.model_path)).to_dict()
+    row = report["settings"][0]
+    assert row["queries"] == len(threat.attack_x) + 5 and row["keys_queried"] == 5
+    assert 0.0 <= row["key_code_accuracy_unqueried"] <= 1.0
+    assert f"5 of the vault's {len(keys)} key images were among its queries" in report["notes"][0]
+    plain = extract.run(threat, load_model(vault.model_path)).to_dict()
+    assert plain["settings"][0]["keys_queried"] == 0 and "key_code_accuracy_unqueried" not in plain["settings"][0]
+    assert plain["notes"][0].endswith("it never saw a key")

@@ -44,6 +44,13 @@ def query_labels(model, images, num_classes, labels="hard"):
     return (scores / np.maximum(scores.sum(axis=-1, keepdims=True), 1e-12)).astype(np.float32)
 
 
+def keys_among(keys, images):
+    """bool (K,): which key images are, pixel for pixel, among `images` (a thief querying the key source's public
+    dataset asks about some keys by chance)."""
+    asked = {np.asarray(image).tobytes() for image in images}
+    return np.array([np.asarray(key).tobytes() in asked for key in keys], bool)
+
+
 def surrogate_architecture(vault_architecture, surrogate):
     """The zoo architecture of the surrogate: the vault's ("same"; a base model's twin is its clone) or another."""
     if surrogate == "same":
@@ -110,7 +117,11 @@ class Extract(Attack):
         if params.query_dataset:
             images = np.concatenate([images, extra_queries(vault, params.query_dataset, params.query_dataset_images,
                                                            None, seed=0)])
+        from ..models import task_classes
+
         arch = vault.config.get("architecture") or "small_cnn"
+        queried = keys_among(vault.key_images, images)
+        codes = None if vault.key_codes is None else np.asarray(vault.key_codes)
         with Timer() as total:
             baseline = measure(threat, model, {"labels": "none"})
             for labels in params.labels:
@@ -118,10 +129,16 @@ class Extract(Attack):
                     chosen = surrogate_architecture(arch, surrogate)
                     with Timer() as timer:
                         stolen = extract_model(model, images, vault.num_classes, chosen, labels, params.epochs)
-                    settings.append(measure(threat, stolen, {"labels": labels, "surrogate": chosen}, extra={
-                        "queries": int(len(images)), "surrogate_epochs": params.epochs,
-                        "seconds": round(timer.seconds, 2)}))
+                    extra = {"queries": int(len(images)), "surrogate_epochs": params.epochs,
+                             "seconds": round(timer.seconds, 2), "keys_queried": int(queried.sum())}
+                    if codes is not None and queried.any() and not queried.all():
+                        # The code on the keys the thief never asked about: what carried over without a key.
+                        answers = task_classes(stolen, vault.key_images[~queried], vault.num_classes)
+                        extra["key_code_accuracy_unqueried"] = round(float(np.mean(answers == codes[~queried])), 4)
+                    settings.append(measure(threat, stolen, {"labels": labels, "surrogate": chosen}, extra=extra))
+        seen = (f"{int(queried.sum())} of the vault's {len(queried)} key images were among its queries (drawn from "
+                "the same public dataset as the keys; key_code_accuracy_unqueried: the key code on the others)"
+                if queried.any() else "it never saw a key")
         notes = [f"the thief queried the stolen model's N task outputs with {len(images)} of its own images "
-                 "(hard: top-1 labels; soft: probabilities) and trained a fresh model on the answers alone; "
-                 "it never saw a key"]
+                 f"(hard: top-1 labels; soft: probabilities) and trained a fresh model on the answers alone; {seen}"]
         return AttackReport(self.name, threat.to_dict(), baseline.to_dict(), settings, total.seconds, notes=notes)
