@@ -31,6 +31,10 @@ def main():
 
     bench_fit_end.run()
     print()
+    from benchmarks import bench_first_fit  # pylint: disable=import-outside-toplevel
+
+    bench_first_fit.run()
+    print()
     from benchmarks import bench_serve  # pylint: disable=import-outside-toplevel
 
     bench_serve.run()

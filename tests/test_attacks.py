@@ -133,6 +133,9 @@ def test_attack_commands_write_json_and_png_reports(vault):
             assert [(row["labels"], row["surrogate"], row["queries"]) for row in report["settings"]] == [
                 ("soft", "small_cnn", 150), ("soft", "resnet20_s2", 150)]
             assert all(list(row["tests"]) == ["key_code"] for row in report["settings"])
+            # Its own test images hold no key: nothing to count, no code on unqueried keys to score.
+            assert all(row["keys_queried"] == 0 and "key_code_accuracy_unqueried" not in row
+                       for row in report["settings"]) and report["notes"][0].endswith("it never saw a key")
         if name == "query-modification":
             assert 0.0 <= report["settings"][0]["flag_rate_keys"] <= 1.0
 
@@ -185,6 +188,3 @@ def test_extraction_counts_the_keys_the_thief_queried_and_scores_the_code_on_the
     assert row["queries"] == len(threat.attack_x) + 5 and row["keys_queried"] == 5
     assert 0.0 <= row["key_code_accuracy_unqueried"] <= 1.0
     assert f"5 of the vault's {len(keys)} key images were among its queries" in report["notes"][0]
-    plain = extract.run(threat, load_model(vault.model_path)).to_dict()
-    assert plain["settings"][0]["keys_queried"] == 0 and "key_code_accuracy_unqueried" not in plain["settings"][0]
-    assert plain["notes"][0].endswith("it never saw a key")
