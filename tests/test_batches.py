@@ -66,6 +66,13 @@ def test_fit_traces_its_step_once_where_keras_alone_traces_it_twice():
     assert alone.train_function.experimental_get_tracing_count() == 2
     assert prepared.train_function.experimental_get_tracing_count() == 1
     assert set(history.history) == {"loss", "accuracy"}  # the metrics were built, not lost
+    # Only the tracing changes: on the same batches, the same weights and figures to the last bit.
+    same = classifier()
+    again = batches.prepared(same, batches.arrays(x, y, 32).element_spec).fit(batches.arrays(x, y, 32), epochs=2,
+                                                                              verbose=0)
+    assert same.train_function.experimental_get_tracing_count() == 1
+    assert all(np.array_equal(a, b) for a, b in zip(alone.get_weights(), same.get_weights()))
+    assert again.history == alone.history.history
     # Embedding's own step (free negatives and the key-code pull here), on soft N+1 targets, as embed compiles it.
     model = WatermarkedClassifier(build_backbone("small_cnn", (28, 28, 1)), 10)
     model(np.zeros((1, 28, 28, 1), np.float32))
