@@ -32,11 +32,16 @@ def test_arrays_reshuffle_every_epoch_as_the_global_seed_says():
     assert _orders(batches.arrays(x, y, 8))[0] == list(range(40))
 
 
+def _classifier(k, metrics=()):
+    """A seeded, compiled 3-class softmax on 4x4 images, in Keras module `k` (tf_keras or Keras 3)."""
+    k.utils.set_random_seed(0)
+    model = k.Sequential([k.Input((4, 4, 1)), k.layers.Flatten(), k.layers.Dense(3, activation="softmax")])
+    model.compile(optimizer=k.optimizers.Adam(0.05), loss="sparse_categorical_crossentropy", metrics=list(metrics))
+    return model
+
+
 def test_scores_are_keras_predict_s_and_fit_trains():
-    tfk = keras()
-    tfk.utils.set_random_seed(0)
-    model = tfk.Sequential([tfk.Input((4, 4, 1)), tfk.layers.Flatten(), tfk.layers.Dense(3, activation="softmax")])
-    model.compile(optimizer=tfk.optimizers.Adam(0.05), loss="sparse_categorical_crossentropy")
+    model = _classifier(keras())
     x = np.random.default_rng(0).integers(0, 256, (600, 4, 4, 1)).astype(np.uint8)
     y = (x.reshape(600, -1).mean(axis=1) > 127.5).astype(np.int64)
     np.testing.assert_array_equal(batches.scores(model, x, 64), model.predict(x.astype(np.float32), 64, verbose=0))
@@ -49,27 +54,17 @@ def test_fit_traces_its_step_once_where_keras_alone_traces_it_twice():
     from keras_ipguard.models import WatermarkedClassifier, build_backbone
     from keras_ipguard.training import RECIPES, compile_model
 
-    tfk = keras()
     x = np.random.default_rng(0).integers(0, 256, (96, 4, 4, 1)).astype(np.uint8)
     y = np.arange(96) % 3
-
-    def classifier():
-        tfk.utils.set_random_seed(0)
-        model = tfk.Sequential([tfk.Input((4, 4, 1)), tfk.layers.Flatten(), tfk.layers.Dense(3, activation="softmax")])
-        model.compile(optimizer=tfk.optimizers.Adam(0.05), loss="sparse_categorical_crossentropy",
-                      metrics=["accuracy"])
-        return model
-
-    alone, prepared = classifier(), classifier()
+    alone, prepared = _classifier(keras(), ["accuracy"]), _classifier(keras(), ["accuracy"])
     alone.fit(batches.arrays(x, y, 32), epochs=2, verbose=0)
     history = batches.fit(prepared, x, y, 32, 2)
     assert alone.train_function.experimental_get_tracing_count() == 2
     assert prepared.train_function.experimental_get_tracing_count() == 1
     assert set(history.history) == {"loss", "accuracy"}  # the metrics were built, not lost
     # Only the tracing changes: on the same batches, the same weights and figures to the last bit.
-    same = classifier()
-    again = batches.prepared(same, batches.arrays(x, y, 32).element_spec).fit(batches.arrays(x, y, 32), epochs=2,
-                                                                              verbose=0)
+    same, ordered = _classifier(keras(), ["accuracy"]), batches.arrays(x, y, 32)
+    again = batches.prepared(same, ordered.element_spec).fit(ordered, epochs=2, verbose=0)
     assert same.train_function.experimental_get_tracing_count() == 1
     assert all(np.array_equal(a, b) for a, b in zip(alone.get_weights(), same.get_weights()))
     assert again.history == alone.history.history
@@ -88,8 +83,4 @@ def test_fit_traces_its_step_once_where_keras_alone_traces_it_twice():
     # A user's Keras 3 model builds its own way: left as it is, and fit still trains it.
     from keras_ipguard.backend import keras3
 
-    k3 = keras3()
-    k3.utils.set_random_seed(0)
-    theirs = k3.Sequential([k3.Input((4, 4, 1)), k3.layers.Flatten(), k3.layers.Dense(3, activation="softmax")])
-    theirs.compile(optimizer=k3.optimizers.Adam(0.05), loss="sparse_categorical_crossentropy")
-    assert len(batches.fit(theirs, x, y, 32, 2).history["loss"]) == 2
+    assert len(batches.fit(_classifier(keras3()), x, y, 32, 2).history["loss"]) == 2
