@@ -1,5 +1,6 @@
 """`ipguard attack` on a small real Fashion-MNIST vault (skipped where ../shared is absent)."""
 
+import dataclasses
 import json
 import os
 
@@ -8,8 +9,9 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from keras_ipguard import Vault
+from keras_ipguard import Vault, attacks
 from keras_ipguard.attacks import threat_model
+from keras_ipguard.attacks.extraction import keys_among
 from keras_ipguard.attacks.fine_tuning import finetune_model
 from keras_ipguard.attacks.pruning import layer_sparsity, prune_model
 from keras_ipguard.attacks.transforms import bit_depth, gaussian_noise, median
@@ -170,11 +172,6 @@ def test_extract_with_a_query_dataset_but_no_images_is_a_one_line_error(vault):
 
 def test_extraction_counts_the_keys_the_thief_queried_and_scores_the_code_on_the_others(vault, threat):
     """A thief querying the key source's public dataset asks about some keys by chance; the report says so."""
-    import dataclasses
-
-    from keras_ipguard import attacks
-    from keras_ipguard.attacks.extraction import keys_among
-
     keys = vault.key_images
     assert keys_among(keys, threat.attack_x).sum() == 0
     assert keys_among(keys, np.concatenate([threat.attack_x[:5], keys[[3, 7]]])).tolist() == [

@@ -4,9 +4,11 @@ Knockoff/Copycat-style: the queries are the attacker's half of the test split
 (and, optionally, images of another dataset); the answers come through the
 truncated N-class output, as probabilities (soft labels, distillation) or as
 top-1 labels only (hard labels); the surrogate is a fresh model of the same
-architecture or of another of the zoo, trained on those answers alone. The
-surrogate never sees a key, so only what the keys share with the task's
-decision function can carry over.
+architecture or of another of the zoo, trained on those answers alone. From
+its own task images the surrogate never sees a key, so only what the keys
+share with the task's decision function can carry over; a thief that also
+queries the key source's public dataset draws some keys by chance
+(`keys_among`), and the report scores the code on the keys it did not ask.
 
 Written here rather than with the Adversarial Robustness Toolbox's CopycatCNN
 / KnockoffNets: those need both models wrapped as ART TensorFlowV2Classifiers
