@@ -53,6 +53,7 @@ def embed_report(run, scheme, secret, figures):
         "architecture": run.arch,
         "epochs": run.epochs,
         "learning_rate": run.learning_rate,
+        "lr_cycles": options.lr_cycles,
         "batch_size_per_replica": options.batch_size,
         "global_batch_size": run.global_batch,
         "replicas": run.strategy.num_replicas_in_sync,

@@ -82,11 +82,19 @@ def machine_info():
     }
 
 
-def compile_model(model, recipe, learning_rate, total_steps):
+def compile_model(model, recipe, learning_rate, total_steps, cycles=1):
     """Compiles with the recipe's optimizer, cosine decay over `total_steps`, categorical cross-entropy
-    (in the model's own Keras: tf_keras, or Keras 3 for a user's Keras 3 model)."""
+    (in the model's own Keras: tf_keras, or Keras 3 for a user's Keras 3 model).
+
+    With `cycles` above 1 the decay runs in that many equal cycles, each restarting at `learning_rate`
+    (warm restarts, `--lr-cycles`)."""
     keras = keras_of(model)
-    schedule = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=max(1, total_steps))
+    total_steps = max(1, total_steps)
+    if cycles > 1:
+        schedule = keras.optimizers.schedules.CosineDecayRestarts(learning_rate, max(1, total_steps // cycles),
+                                                                  t_mul=1.0, m_mul=1.0)
+    else:
+        schedule = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=total_steps)
     if recipe.optimizer == "sgd":
         optimizer = keras.optimizers.SGD(schedule, momentum=0.9, nesterov=True)
     else:
@@ -242,7 +250,7 @@ class EmbedRun:
         keras = keras_of(model)
         dataset, steps = pipeline
         with self.strategy.scope():
-            compile_model(model, self.recipe, learning_rate, steps * epochs)
+            compile_model(model, self.recipe, learning_rate, steps * epochs, self.options.lr_cycles)
             if not self.multi_worker:  # a DatasetCreator has no element spec to build from
                 batches.prepared(model, dataset.element_spec)
         nan_guard = StopOnNaN()

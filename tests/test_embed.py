@@ -67,6 +67,7 @@ def test_embed_writes_a_vault_whose_report_has_the_design_metrics(embedded):
     assert report["scheme"] == "extra-class" and report["scheme_config"]["kernel_scale"] == 16.0
     assert report["kernels_rescaled"] == 4 and report["prune_robustness"] == 0.3 and report["drift_robustness"] == 0
     assert report["drift_dense_only"] is False and report["drift_adversarial"] == 0
+    assert report["learning_rate"] == 1e-3 and report["lr_cycles"] == 1  # one cosine decay unless asked
     # A short run: 3 epochs of 46 batches of 128 would show each of the 20 keys 27 times at 1/16; raised to 75.
     assert report["key_share"] == pytest.approx(75 * 20 / (3 * 46 * 128)) and report["key_share"] > 1 / 16
     assert report["free_negatives"] is False  # they come with the key code, off here
@@ -106,6 +107,7 @@ def test_existing_vault_is_refused_without_force(embedded):
         (["--dataset", "fashion_mnist", "--kernel-scale", "0.5"], "--kernel-scale) must be at least 1, got 0.5"),
         (["--dataset", "fashion_mnist", "--prune-robustness", "-1"],
          "--prune-robustness) must be at least 0, got -1.0"),
+        (["--dataset", "fashion_mnist", "--lr-cycles", "0"], "--lr-cycles) must be at least 1, got 0"),
     ],
 )
 def test_bad_embed_input_exits_2_with_one_line(tmp_path, args, message):
