@@ -65,8 +65,9 @@ class EmbedOptions:
     learning_rate: float | None = setting(None, "Initial learning rate.", kind=float, low=0, open_bounds=True,
                                           default_text="by architecture")
     lr_cycles: int = setting(1, "Cosine learning-rate cycles over the training: 1 decays once; C restarts at the "
-                             "initial rate every 1/C of the steps (warm restarts; the informed thief's fine-tuning "
-                             "kept more of the key code after 3, docs/results).", kind=int, low=1)
+                             "initial rate every 1/C of the steps (warm restarts: with 3, an informed thief's "
+                             "fine-tuning kept more of the key code, for about 0.2 points more of clean accuracy; "
+                             "docs/results).", kind=int, low=1)
     scheme: object = "extra-class"
     verbose: int = 1
 
