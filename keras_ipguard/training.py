@@ -91,7 +91,9 @@ def compile_model(model, recipe, learning_rate, total_steps, cycles=1):
     keras = keras_of(model)
     total_steps = max(1, total_steps)
     if cycles > 1:
-        schedule = keras.optimizers.schedules.CosineDecayRestarts(learning_rate, max(1, total_steps // cycles),
+        # Cycles rounded up, so that steps left over by the division end the last cycle early (near 0)
+        # instead of restarting a new one at the full rate for the last few steps.
+        schedule = keras.optimizers.schedules.CosineDecayRestarts(learning_rate, -(-total_steps // cycles),
                                                                   t_mul=1.0, m_mul=1.0)
     else:
         schedule = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=total_steps)

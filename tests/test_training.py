@@ -28,6 +28,15 @@ def test_lr_cycles_restart_the_cosine_decay_at_the_initial_rate(arch):
     assert one_third == pytest.approx(1e-3 * (1 + math.cos(math.pi / 3)) / 2)
 
 
+def test_lr_cycles_never_restart_at_the_end_of_training():
+    """Steps that do not divide into the cycles must not open a new cycle at the full rate on the last steps."""
+    model = keras().Sequential([keras().layers.Dense(3, input_shape=(4,))])
+    compile_model(model, RECIPES["small_cnn"], 1e-3, 32, cycles=3)
+    second, third, last = _rates(model, [11, 22, 31])
+    assert second == third == pytest.approx(1e-3)  # cycles of 11 steps, the last one cut short by one step
+    assert last < 0.1e-3  # 9 of its 11 steps into the decay (floor division restarted at ~1e-3 here)
+
+
 def test_lr_cycles_below_one_are_refused_with_the_flag_named():
     with pytest.raises(IPGuardError, match="lr-cycles.*at least 1, got 0"):
         EmbedOptions(dataset="fashion_mnist", lr_cycles=0)
