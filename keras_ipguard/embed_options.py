@@ -68,6 +68,9 @@ class EmbedOptions:
                              "initial rate every 1/C of the steps (warm restarts: with 3, an informed thief's "
                              "fine-tuning kept more of the key code, for about 0.2 points more of clean accuracy; "
                              "docs/results).", kind=int, low=1)
+    lr_cycle_growth: float = setting(1.0, "With --lr-cycles above 1, each cycle lasts this many times the one before "
+                                     "(1: equal cycles; 2: each twice as long as the last, so the longest decay "
+                                     "comes last).", kind=float, low=0, open_bounds=True)
     scheme: object = "extra-class"
     verbose: int = 1
 

@@ -54,6 +54,7 @@ def embed_report(run, scheme, secret, figures):
         "epochs": run.epochs,
         "learning_rate": run.learning_rate,
         "lr_cycles": options.lr_cycles,
+        "lr_cycle_growth": options.lr_cycle_growth,
         "batch_size_per_replica": options.batch_size,
         "global_batch_size": run.global_batch,
         "replicas": run.strategy.num_replicas_in_sync,

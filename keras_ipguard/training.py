@@ -13,6 +13,7 @@ import dataclasses
 import functools
 import hmac
 import json
+import math
 import os
 import platform
 import sys
@@ -82,19 +83,21 @@ def machine_info():
     }
 
 
-def compile_model(model, recipe, learning_rate, total_steps, cycles=1):
+def compile_model(model, recipe, learning_rate, total_steps, cycles=1, growth=1.0):
     """Compiles with the recipe's optimizer, cosine decay over `total_steps`, categorical cross-entropy
     (in the model's own Keras: tf_keras, or Keras 3 for a user's Keras 3 model).
 
-    With `cycles` above 1 the decay runs in that many equal cycles, each restarting at `learning_rate`
-    (warm restarts, `--lr-cycles`)."""
+    With `cycles` above 1 the decay runs in that many cycles, each restarting at `learning_rate`
+    (warm restarts, `--lr-cycles`), each `growth` times as long as the one before (`--lr-cycle-growth`;
+    1: equal cycles)."""
     keras = keras_of(model)
     total_steps = max(1, total_steps)
     if cycles > 1:
-        # Cycles rounded up, so that steps left over by the division end the last cycle early (near 0)
-        # instead of restarting a new one at the full rate for the last few steps.
-        schedule = keras.optimizers.schedules.CosineDecayRestarts(learning_rate, -(-total_steps // cycles),
-                                                                  t_mul=1.0, m_mul=1.0)
+        # The first cycle rounded up, so that steps left over by the division end the last cycle early
+        # (near 0) instead of restarting a new one at the full rate for the last few steps.
+        first = math.ceil(total_steps / sum(growth ** cycle for cycle in range(cycles)))
+        schedule = keras.optimizers.schedules.CosineDecayRestarts(learning_rate, max(1, first), t_mul=growth,
+                                                                  m_mul=1.0)
     else:
         schedule = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=total_steps)
     if recipe.optimizer == "sgd":
@@ -246,13 +249,15 @@ class EmbedRun:
         self.train_seconds += seconds
         self.examples += examples
 
-    def _fit(self, model, pipeline, epochs, learning_rate, backup, callbacks=()):
+    def _fit(self, model, pipeline, epochs, learning_rate, backup, callbacks=(), warm_restarts=True):
+        """Trains `model`; with `warm_restarts` False in one cosine decay whatever `--lr-cycles` says."""
         from .callbacks import StopOnNaN
 
         keras = keras_of(model)
         dataset, steps = pipeline
         with self.strategy.scope():
-            compile_model(model, self.recipe, learning_rate, steps * epochs, self.options.lr_cycles)
+            cycles = self.options.lr_cycles if warm_restarts else 1
+            compile_model(model, self.recipe, learning_rate, steps * epochs, cycles, self.options.lr_cycle_growth)
             if not self.multi_worker:  # a DatasetCreator has no element spec to build from
                 batches.prepared(model, dataset.element_spec)
         nan_guard = StopOnNaN()
@@ -290,9 +295,12 @@ class EmbedRun:
         return float(np.mean(answers == labels))
 
     def measure_baseline(self, scheme):
-        """Trains the scheme's model without a watermark (same architecture, seed and epochs); its clean accuracy."""
+        """Trains the scheme's model without a watermark (same architecture, seed and epochs); its clean accuracy.
+
+        In one cosine decay: the model its owner would train without protection, so that the fidelity drop
+        also counts what `--lr-cycles` costs."""
         _keras().utils.set_random_seed(self.options.seed)
         with self.strategy.scope():
             model = scheme.build_model(self, self.arch)
-        self._fit(model, self.pipeline(scheme), self.epochs, self.learning_rate, "backup-baseline")
+        self._fit(model, self.pipeline(scheme), self.epochs, self.learning_rate, "backup-baseline", warm_restarts=False)
         return self.accuracy(model)

@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from keras_ipguard import IPGuardError, Vault, VaultError
+from keras_ipguard import IPGuardError, Vault, VaultError, training
 from keras_ipguard_cli.main import cli
 
 from conftest import SHARED_TFDS
@@ -68,6 +68,7 @@ def test_embed_writes_a_vault_whose_report_has_the_design_metrics(embedded):
     assert report["kernels_rescaled"] == 4 and report["prune_robustness"] == 0.3 and report["drift_robustness"] == 0
     assert report["drift_dense_only"] is False and report["drift_adversarial"] == 0
     assert report["learning_rate"] == 1e-3 and report["lr_cycles"] == 1  # one cosine decay unless asked
+    assert report["lr_cycle_growth"] == 1.0
     # A short run: 3 epochs of 46 batches of 128 would show each of the 20 keys 27 times at 1/16; raised to 75.
     assert report["key_share"] == pytest.approx(75 * 20 / (3 * 46 * 128)) and report["key_share"] > 1 / 16
     assert report["free_negatives"] is False  # they come with the key code, off here
@@ -212,12 +213,18 @@ def test_interrupted_embed_resumes_from_its_last_epoch(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_vaults_with_the_same_seed_get_different_secret_keys(embedded, tmp_path):
+def test_two_vaults_with_the_same_seed_get_different_secret_keys(embedded, tmp_path, monkeypatch):
     out, _ = embedded
+    compiled = []  # (cycles, growth) of each fit's learning-rate schedule
+    compile_model = training.compile_model
+    monkeypatch.setattr(training, "compile_model", lambda *args: compiled.append(args[4:]) or compile_model(*args))
     # --baseline also trains the plain model (cheap here) that the fidelity drop is measured against.
     result = ipguard("embed", *QUICK, "--epochs", "1", "--max-train-examples", "500", "--baseline",
-                     "--out", tmp_path / "v2")
+                     "--lr-cycles", "3", "--lr-cycle-growth", "2", "--out", tmp_path / "v2")
     assert result.exit_code == 0, result.output[-3000:]
+    # The watermarked model trains in the three growing cycles asked for; the plain baseline in one decay, as its
+    # owner would train it unprotected, so that the fidelity drop counts the restarts' cost too.
+    assert compiled[0] == (3, 2.0) and compiled[-1][0] == 1 and len(compiled) == 2
     first, second = Vault.open(out), Vault.open(tmp_path / "v2")
     assert first.config["seed"] == second.config["seed"] == 0
     assert first.config["key_source_indices"]["keys"] != second.config["key_source_indices"]["keys"]
@@ -230,6 +237,7 @@ def test_two_vaults_with_the_same_seed_get_different_secret_keys(embedded, tmp_p
 
     report = json.loads((tmp_path / "v2" / "reports" / "embed.json").read_text())
     assert abs(report["fidelity_drop"] - 100 * (report["baseline_clean_accuracy"] - report["clean_accuracy"])) < 1e-6
+    assert report["lr_cycles"] == 3 and report["lr_cycle_growth"] == 2.0
     answered = np.flatnonzero(predict_classes(load_model(second.model_path), second.key_images) == 10).tolist()
     assert second.identity_keys == answered and report["identity_keys"] == answered
     assert report["key_count"] == 20  # the keys it misses: key_count - len(identity_keys)

@@ -37,6 +37,26 @@ def test_lr_cycles_never_restart_at_the_end_of_training():
     assert last < 0.1e-3  # 9 of its 11 steps into the decay (floor division restarted at ~1e-3 here)
 
 
+@pytest.mark.parametrize("growth, restarts", [(2.0, (10, 30)), (0.5, (40, 60))])
+def test_lr_cycle_growth_sets_each_cycle_to_that_many_times_the_one_before(growth, restarts):
+    """70 steps in 3 cycles: 10, 20, 40 steps when each doubles; 40, 20, 10 when each halves."""
+    model = keras().Sequential([keras().layers.Dense(3, input_shape=(4,))])
+    compile_model(model, RECIPES["small_cnn"], 1e-3, 70, cycles=3, growth=growth)
+    before = _rates(model, [r - 1 for r in restarts])
+    after = _rates(model, [r + 1 for r in restarts])
+    first_cycle = restarts[0]
+    assert all(rate < 0.03e-3 for rate in before)  # each cycle ends near 0 where the next begins
+    assert after[0] == pytest.approx(1e-3 * (1 + math.cos(math.pi / (first_cycle * growth))) / 2)  # 1 step in
+    assert after[1] == pytest.approx(1e-3 * (1 + math.cos(math.pi / (first_cycle * growth ** 2))) / 2)
+    last, = _rates(model, [69])
+    assert last < 0.03e-3  # the last cycle ends with the training, no restart on its last steps
+
+
+def test_lr_cycle_growth_must_be_positive():
+    with pytest.raises(IPGuardError, match="lr-cycle-growth.*greater than 0"):
+        EmbedOptions(dataset="fashion_mnist", lr_cycles=3, lr_cycle_growth=0)
+
+
 def test_lr_cycles_below_one_are_refused_with_the_flag_named():
     with pytest.raises(IPGuardError, match="lr-cycles.*at least 1, got 0"):
         EmbedOptions(dataset="fashion_mnist", lr_cycles=0)
