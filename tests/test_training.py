@@ -52,9 +52,11 @@ def test_lr_cycle_growth_sets_each_cycle_to_that_many_times_the_one_before(growt
     assert last < 0.03e-3  # the last cycle ends with the training, no restart on its last steps
 
 
-def test_lr_cycle_growth_must_be_positive():
+def test_lr_cycle_growth_must_be_positive_and_comes_with_cycles():
     with pytest.raises(IPGuardError, match="lr-cycle-growth.*greater than 0"):
         EmbedOptions(dataset="fashion_mnist", lr_cycles=3, lr_cycle_growth=0)
+    with pytest.raises(IPGuardError, match="--lr-cycle-growth 2 needs more than one cycle: add --lr-cycles"):
+        EmbedOptions(dataset="fashion_mnist", lr_cycle_growth=2)  # alone it would change nothing
 
 
 def test_lr_cycles_below_one_are_refused_with_the_flag_named():
