@@ -64,10 +64,10 @@ class EmbedOptions:
                                       f"is in {data.MIN_KEY_VIEWS} batches")
     learning_rate: float | None = setting(None, "Initial learning rate.", kind=float, low=0, open_bounds=True,
                                           default_text="by architecture")
-    lr_cycles: int = setting(1, "Cosine learning-rate cycles over the training: 1 decays once; C restarts at the "
-                             "initial rate every 1/C of the steps (warm restarts: with 3, an informed thief's "
-                             "fine-tuning kept more of the key code, for 0.5-0.56 points of fidelity; "
-                             "docs/results).", kind=int, low=1)
+    lr_cycles: int = setting(1, "Cosine learning-rate cycles over the training: 1 decays once; C cycles restart at the "
+                             "initial rate C - 1 times, every 1/C of the steps unless --lr-cycle-growth (warm "
+                             "restarts: with 3, an informed thief's fine-tuning kept more of the key code, for "
+                             "0.51-0.56 points of fidelity; docs/results).", kind=int, low=1)
     lr_cycle_growth: float = setting(1.0, "With --lr-cycles above 1, each cycle lasts this many times the one before "
                                      "(1: equal cycles; 2: each twice as long as the last, so the longest decay "
                                      "comes last).", kind=float, low=0, open_bounds=True)
