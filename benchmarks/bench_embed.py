@@ -9,7 +9,13 @@ pruning-robustness term on for the last third of the steps) and with the term
 off (`--prune-robustness 0`).
 
 Targets: embedding wall time <= 1.10 x plain fit; the input pipeline far faster
-than the training step, so it is never the bottleneck.
+than the training step, so it is never the bottleneck. An epoch passes over
+every task image in both (`data.epoch_steps`), keys and negatives on top, so
+embedding's epoch has more steps than the plain one (535 to 468 at the default
+share on all of Fashion-MNIST): the ratio per epoch is what a user waits for
+the same epochs, the ratio per step what the watermark's training step costs;
+the embed issue's 1.10 was set when an epoch had the plain step count and is
+printed against both.
 """
 
 import time
@@ -65,10 +71,16 @@ def run(dataset="fashion_mnist", examples=12_000, epochs=2, rounds=3, batch=128,
     print(f"Embedding vs plain fit, {dataset} {len(x)} examples x {epochs} epochs, batch {batch}, best of {rounds}:")
     for name, seconds in best.items():
         print(f"  {name:<28} {seconds:7.2f} s")
-    verdict = "meets" if ratio <= EMBED_TARGET_RATIO else "MISSES"
-    print(f"  embed/plain = {ratio:.3f} ({verdict} the <= {EMBED_TARGET_RATIO:.2f} target; the merged epoch has "
-          f"{steps} steps vs {plain_steps}: keys and negatives take part of each batch)")
-    print(f"  without the pruning-robustness term: {best[no_term] / best['plain model.fit']:.3f}")
+    per_step = ratio * plain_steps / steps
+
+    def verdict(value):
+        return "meets" if value <= EMBED_TARGET_RATIO else "MISSES"
+
+    print(f"  embed/plain per epoch = {ratio:.3f} ({verdict(ratio)} the <= {EMBED_TARGET_RATIO:.2f} target; the "
+          f"merged epoch has {steps} steps vs {plain_steps}: keys and negatives come on top of the task images)")
+    print(f"  embed/plain per step  = {per_step:.3f} ({verdict(per_step)} it)")
+    print(f"  without the pruning-robustness term: {best[no_term] / best['plain model.fit']:.3f} per epoch, "
+          f"{best[no_term] / best['plain model.fit'] * plain_steps / steps:.3f} per step")
 
     pipeline_batches = 300
     start = time.perf_counter()

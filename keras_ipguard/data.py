@@ -49,8 +49,10 @@ DEFAULT_KEY_SHARE = 1 / 16
 # (Fashion-MNIST, 3 epochs, 20,000 images, 100 keys) at 1/16 saw each key 38
 # times and was not provably owned on two seeds of two; at 1/8 (75 times) it
 # was on four of four, for 0.2-1.0 points of clean accuracy
-# (docs/results/README.md, "Short runs: a key share by run length"). Full
-# runs are left at 1/16 (Fashion-MNIST's: 563 times).
+# (docs/results/README.md, "Short runs: a key share by run length"; epochs of
+# the plain step count then). The share is set from a plain epoch's steps, so
+# with keys on top of every task image each key is in more (that run: 100).
+# Full runs are left at 1/16 (Fashion-MNIST's: 642 times).
 MIN_KEY_VIEWS = 75
 MAX_AUTO_KEY_SHARE = 1 / 8
 # ITU-R 601 luma (PIL's convert("L")): RGB images to a grayscale task.
@@ -367,6 +369,49 @@ class KeyStreams:
     jitter: bool = False
 
 
+def batch_split(batch_size, key_share, keys=True, negatives=True):
+    """(task, key, negative) samples in each training batch of `batch_size`: `key_share` of it (at least one) for
+    keys where there are keys, as many negatives where there are negatives, task images in the rest.
+
+    >>> batch_split(128, 1 / 16), batch_split(128, 1 / 8), batch_split(128, 1 / 16, keys=False)
+    ((112, 8, 8), (96, 16, 16), (128, 0, 0))
+    """
+    key_batch = max(1, int(round(batch_size * key_share))) if keys and key_share > 0 else 0
+    negative_batch = key_batch if negatives else 0
+    task_batch = batch_size - key_batch - negative_batch
+    if task_batch < 1:
+        raise IPGuardError(f"batch size {batch_size} leaves no room for task samples at key share {key_share:g}: "
+                           "lower --key-share or raise --batch-size")
+    return task_batch, key_batch, negative_batch
+
+
+def epoch_steps(count, batch_size, key_share=DEFAULT_KEY_SHARE, keys=True, negatives=True):
+    """Batches in an epoch of `training_dataset`: one pass over the `count` task images, `batch_split`'s task
+    samples at a time. Keys and negatives come on top of the task images, so that a watermarked model sees each
+    of them as often as a plain model trained for the same epochs (docs/results/README.md, "Full epochs and three
+    cycles: the default").
+
+    >>> epoch_steps(60000, 128), epoch_steps(60000, 128, keys=False), epoch_steps(20000, 128, 1 / 8)
+    (535, 468, 208)
+    """
+    return max(1, count // batch_split(batch_size, key_share, keys, keys and negatives)[0])
+
+
+def stream_parts(streams, key_share=DEFAULT_KEY_SHARE):
+    """(keys, negatives): whether `streams` (a `KeyStreams` or None) put keys and negatives in each batch."""
+    keys = streams is not None and streams.keys is not None and len(streams.keys) > 0 and key_share > 0
+    return keys, keys and streams.negatives is not None and len(streams.negatives) > 0
+
+
+def key_views(keys, steps, key_batch):
+    """How many of `steps` batches, each with `key_batch` key samples, each of `keys` keys is in.
+
+    >>> round(key_views(100, 15 * 535, 8)), round(key_views(100, 15 * 535 // 3, 8))
+    (642, 214)
+    """
+    return steps * key_batch / max(keys, 1)
+
+
 def auto_key_share(keys, steps, batch_size):
     """The key share of a run of `steps` batches of `batch_size` with `keys` key images when none is given:
     DEFAULT_KEY_SHARE, raised (to at most MAX_AUTO_KEY_SHARE) until each key is in MIN_KEY_VIEWS batches.
@@ -385,7 +430,7 @@ def training_dataset(records, count, depth, batch_size, streams=None, key_share=
     Args:
         records: a tf.data.Dataset of the task's (uint8 image, int label) training pairs, already shuffled
             (reshuffled each pass) as `sources.Split.dataset(seed)` gives them; it streams.
-        count: how many pairs it holds (an epoch is `count // batch_size` steps).
+        count: how many pairs it holds (an epoch is one pass over them, `epoch_steps`).
         depth: the model's number of outputs (targets are one-hot of this size).
         batch_size: global batch size.
         streams: a `KeyStreams`, or None for a plain (baseline) pipeline.
@@ -397,20 +442,14 @@ def training_dataset(records, count, depth, batch_size, streams=None, key_share=
     Returns:
         (an infinite `tf.data.Dataset` of (float32 images 0..255, float32 targets)
          batches, or (images, targets, sample weights) when negatives weigh
-         other than 1; steps per epoch). An epoch has as many steps as a plain
-         pass over the task images (`count // batch_size`): keys and
-         negatives take their share of each batch rather than adding batches,
-         so embedding costs what plain training of the same epochs costs.
+         other than 1; steps per epoch). An epoch passes over every task
+         image once (`epoch_steps`): keys and negatives come on top, so an
+         embedding epoch has batch_size / task batch times a plain epoch's
+         steps (535 instead of 468 on Fashion-MNIST at the default share).
     """
     tf = tensorflow()
     autotune = tf.data.AUTOTUNE
-    use_keys = streams is not None and len(streams.keys) > 0 and key_share > 0
-    use_negatives = use_keys and streams.negatives is not None and len(streams.negatives) > 0
-    key_batch = max(1, int(round(batch_size * key_share))) if use_keys else 0
-    negative_batch = key_batch if use_negatives else 0
-    task_batch = batch_size - key_batch - negative_batch
-    if task_batch < 1:
-        raise IPGuardError(f"batch size {batch_size} leaves no room for task samples at key share {key_share}")
+    task_batch, key_batch, negative_batch = batch_split(batch_size, key_share, *stream_parts(streams, key_share))
 
     def task_batch_fn(x, y):
         return (augment(x) if augment_images else x), tf.one_hot(y, depth)
@@ -450,5 +489,4 @@ def training_dataset(records, count, depth, batch_size, streams=None, key_share=
 
     dataset = tf.data.Dataset.zip(tuple(pipeline)).map(merge, num_parallel_calls=autotune).prefetch(autotune)
     dataset = batches.quiet(dataset)
-    steps_per_epoch = max(1, count // batch_size)
-    return dataset, steps_per_epoch
+    return dataset, max(1, count // task_batch)

@@ -41,7 +41,8 @@ class EmbedOptions:
                                     "of refusing them.")
     data_dir: str | None = setting(None, "Prepared tfds data directory (else TFDS_DATA_DIR, else download).",
                                    kind="dir")
-    epochs: int | None = setting(None, "Training epochs.", kind=int, low=1,
+    epochs: int | None = setting(None, "Training epochs, each a pass over every task image (keys and negatives "
+                                 "come on top).", kind=int, low=1,
                                  default_text="by architecture; 2 with --base-model")
     keys: int = setting(DEFAULT_KEYS, "Number of key images K.", kind=int, low=1)
     key_source: str | None = setting(
@@ -64,10 +65,13 @@ class EmbedOptions:
                                       f"is in {data.MIN_KEY_VIEWS} batches")
     learning_rate: float | None = setting(None, "Initial learning rate.", kind=float, low=0, open_bounds=True,
                                           default_text="by architecture")
-    lr_cycles: int = setting(1, "Cosine learning-rate cycles over the training: 1 decays once; C cycles restart at the "
-                             "initial rate C - 1 times, every 1/C of the steps unless --lr-cycle-growth (warm "
-                             "restarts: with 3, an informed thief's fine-tuning kept more of the key code, for "
-                             "0.51-0.56 points of fidelity; docs/results).", kind=int, low=1)
+    lr_cycles: int | None = setting(None, "Cosine learning-rate cycles over the training: 1 decays once; C cycles "
+                                    "restart at the initial rate C - 1 times, every 1/C of the steps unless "
+                                    "--lr-cycle-growth (warm restarts: an informed thief's fine-tuning keeps more "
+                                    "of the key code; docs/results).", kind=int, low=1,
+                                    default_text="3 for the extra-class scheme with the key code on the small CNN "
+                                    f"where each cycle still shows each key in {data.MIN_KEY_VIEWS} batches (full "
+                                    "runs); 1 otherwise")
     lr_cycle_growth: float = setting(1.0, "With --lr-cycles above 1, each cycle lasts this many times the one before "
                                      "(1: equal cycles; 2: each twice as long as the last, so the longest decay "
                                      "comes last).", kind=float, low=0, open_bounds=True)
@@ -81,7 +85,7 @@ class EmbedOptions:
             raise IPGuardError(f"the {self.scheme.name} scheme cannot protect a --base-model (only "
                                f"{', '.join(n for n in schemes.names() if schemes.get(n).protects_base_models)} can); "
                                "drop --scheme or --base-model")
-        if self.lr_cycle_growth != 1 and self.lr_cycles == 1:
+        if self.lr_cycle_growth != 1 and (self.lr_cycles or 1) == 1:
             raise IPGuardError(f"--lr-cycle-growth {self.lr_cycle_growth:g} needs more than one cycle: add --lr-cycles "
                                "(3, for instance) or drop --lr-cycle-growth")
 

@@ -53,7 +53,7 @@ def embed_report(run, scheme, secret, figures):
         "architecture": run.arch,
         "epochs": run.epochs,
         "learning_rate": run.learning_rate,
-        "lr_cycles": options.lr_cycles,
+        "lr_cycles": run.lr_cycles,
         "lr_cycle_growth": options.lr_cycle_growth,
         "batch_size_per_replica": options.batch_size,
         "global_batch_size": run.global_batch,

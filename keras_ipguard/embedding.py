@@ -65,6 +65,7 @@ def embed(out, options, force=False, resume=False):
     run = EmbedRun(options, _open_task(options), None, strategy)
     run.arch = _architecture(options, run.info.input_shape)  # before check: the scheme's plan depends on it
     scheme.check(run)
+    run.lr_cycles = scheme.lr_cycles(run)
     run.work = WorkDir.open(out, options.to_config(), resume, force, chief=run.is_chief)
     model = _build_model(run, scheme)
     secret = scheme.train(run, model)

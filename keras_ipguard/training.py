@@ -118,6 +118,7 @@ class EmbedRun:
         strategy: the `tf.distribute` strategy everything is built and trained under.
         arch: the architecture (a zoo name, or "base_model"), set once the model is built.
         baseline_accuracy: the unwatermarked model's clean accuracy, where the run measures one.
+        lr_cycles: the cosine learning-rate cycles its training runs in (`Scheme.lr_cycles`), set before it trains.
         report: facts a scheme adds to `reports/embed.json`.
     """
 
@@ -127,6 +128,7 @@ class EmbedRun:
     strategy: object
     arch: str | None = None
     baseline_accuracy: float | None = None
+    lr_cycles: int = 1
     report: dict = dataclasses.field(default_factory=dict)
     train_seconds: float = 0.0
     examples: int = 0
@@ -155,6 +157,16 @@ class EmbedRun:
     @property
     def global_batch(self):
         return self.options.batch_size * self.strategy.num_replicas_in_sync
+
+    def epoch_steps(self, key_share=0.0, keys=True, negatives=True):
+        """Training batches per epoch, which passes over every task image once (`data.epoch_steps`)."""
+        return data.epoch_steps(self.train.count, self.global_batch, key_share, keys, negatives)
+
+    def key_share(self, keys):
+        """The share of each batch given to key samples: --key-share, else `data.auto_key_share` for this run's
+        length (in plain epochs, the fewest steps any share gives) and `keys` keys."""
+        plain = self.epoch_steps(keys=False)
+        return self.options.key_share or data.auto_key_share(keys, plain * self.epochs, self.global_batch)
 
     @property
     def recipe(self):
@@ -213,7 +225,8 @@ class EmbedRun:
         return key_set
 
     def pipeline(self, scheme, streams=None, key_share=None):
-        """(dataset, steps per epoch): the task's training split, streamed and shuffled, merged with `streams`.
+        """(dataset, steps per epoch): the task's training split, streamed and shuffled, merged with `streams`;
+        an epoch passes over every task image once, keys and negatives on top.
 
         `key_share` defaults to `--key-share`, else `data.auto_key_share` for this run's length; the first
         pipeline with keys puts its share in the report.
@@ -221,12 +234,13 @@ class EmbedRun:
         In a multi-worker run, a `DatasetCreator`: each worker reads its own shard of the split, batched
         for its replicas."""
         seed, depth = self.options.seed, scheme.output_units(self.info.num_classes)
-        steps = max(1, self.train.count // self.global_batch)
         keys = len(streams.keys) if streams is not None and streams.keys is not None else 0
         if key_share is None:  # the options', else raised in short runs until each key is seen enough
-            key_share = self.options.key_share or data.auto_key_share(keys, steps * self.epochs, self.global_batch)
-        if keys:
-            self.report.setdefault("key_share", key_share)  # the first keyed pipeline's: what embed.json reports
+            key_share = self.key_share(keys)
+        steps = self.epoch_steps(key_share, *data.stream_parts(streams, key_share))
+        if keys:  # the first keyed pipeline's: what embed.json reports
+            self.report.setdefault("key_share", key_share)
+            self.report.setdefault("steps_per_epoch", steps)
 
         def build(context=None):
             shard, batch = None, self.global_batch
@@ -250,13 +264,13 @@ class EmbedRun:
         self.examples += examples
 
     def _fit(self, model, pipeline, epochs, learning_rate, backup, callbacks=(), warm_restarts=True):
-        """Trains `model`; with `warm_restarts` False in one cosine decay whatever `--lr-cycles` says."""
+        """Trains `model` in the run's `lr_cycles`; with `warm_restarts` False in one cosine decay."""
         from .callbacks import StopOnNaN
 
         keras = keras_of(model)
         dataset, steps = pipeline
         with self.strategy.scope():
-            cycles = self.options.lr_cycles if warm_restarts else 1
+            cycles = self.lr_cycles if warm_restarts else 1
             compile_model(model, self.recipe, learning_rate, steps * epochs, cycles, self.options.lr_cycle_growth)
             if not self.multi_worker:  # a DatasetCreator has no element spec to build from
                 batches.prepared(model, dataset.element_spec)
@@ -298,7 +312,7 @@ class EmbedRun:
         """Trains the scheme's model without a watermark (same architecture, seed and epochs); its clean accuracy.
 
         In one cosine decay: the model its owner would train without protection, so that the fidelity drop
-        also counts what `--lr-cycles` costs."""
+        also counts what warm restarts (`lr_cycles`) cost."""
         _keras().utils.set_random_seed(self.options.seed)
         with self.strategy.scope():
             model = scheme.build_model(self, self.arch)

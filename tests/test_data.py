@@ -32,8 +32,8 @@ def test_every_batch_holds_exactly_the_key_share_labelled_n_and_as_many_negative
     keys = synthetic_keys(8, (28, 28, 1))
     negatives = synthetic_keys(8, (28, 28, 1), seed=1)
     dataset, steps = _pipeline(x, y, keys, batch_size=16, key_share=0.25, negatives=negatives)
-    # As many steps as a plain pass: keys and negatives take part of each batch, not extra batches.
-    assert steps == 64 // 16
+    # An epoch passes over every task image: 8 of each 16 are task images, so 64 // 8 steps, not a plain 64 // 16.
+    assert steps == 64 // 8
     key_highs = {k.tobytes() for k in keys & 0xFE}
     negative_highs = {k.tobytes() for k in negatives & 0xFE}
     uniform = np.array([1 / N] * N + [0], np.float32)

@@ -69,8 +69,11 @@ def test_embed_writes_a_vault_whose_report_has_the_design_metrics(embedded):
     assert report["drift_dense_only"] is False and report["drift_adversarial"] == 0
     assert report["learning_rate"] == 1e-3 and report["lr_cycles"] == 1  # one cosine decay unless asked
     assert report["lr_cycle_growth"] == 1.0
-    # A short run: 3 epochs of 46 batches of 128 would show each of the 20 keys 27 times at 1/16; raised to 75.
+    # A short run: 3 plain epochs of 46 batches of 128 would show each of the 20 keys 27 times at 1/16; raised to
+    # 75 (the share is set from a plain epoch's steps; with keys on top of every task image each key is in more).
     assert report["key_share"] == pytest.approx(75 * 20 / (3 * 46 * 128)) and report["key_share"] > 1 / 16
+    # An epoch passes over all 6,000 task images: 106 to a batch beside 11 keys and 11 negatives.
+    assert report["steps_per_epoch"] == 6000 // (128 - 2 * 11)
     assert report["free_negatives"] is False  # they come with the key code, off here
     vault = Vault.open(out)
     assert vault.config["scheme"] == {"name": "extra-class", "config": report["scheme_config"]}

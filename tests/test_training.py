@@ -5,7 +5,7 @@ import math
 import pytest
 
 from keras_ipguard import IPGuardError
-from keras_ipguard.backend import keras
+from keras_ipguard.backend import keras, tensorflow
 from keras_ipguard.embed_options import EmbedOptions
 from keras_ipguard.training import RECIPES, compile_model
 
@@ -62,3 +62,34 @@ def test_lr_cycle_growth_must_be_positive_and_comes_with_cycles():
 def test_lr_cycles_below_one_are_refused_with_the_flag_named():
     with pytest.raises(IPGuardError, match="lr-cycles.*at least 1, got 0"):
         EmbedOptions(dataset="fashion_mnist", lr_cycles=0)
+
+
+def _run(arch="small_cnn", examples=60000, epochs=15, **options):
+    """An `EmbedRun` of `examples` training images, as `embed` has it before training (no data read)."""
+    import types
+
+    from keras_ipguard.training import EmbedRun
+
+    task = types.SimpleNamespace(train=types.SimpleNamespace(count=examples), info=None)
+    strategy = tensorflow().distribute.get_strategy()
+    run = EmbedRun(EmbedOptions(dataset="fashion_mnist", epochs=epochs, **options), task, None, strategy)
+    run.arch = arch
+    return run
+
+
+def test_full_small_cnn_runs_with_the_key_code_train_in_three_cycles_and_short_ones_in_one_decay():
+    from keras_ipguard import schemes
+
+    ours = schemes.get("extra-class")
+    # Fashion-MNIST's full run: each of 100 keys is in 214 of each cycle's 2,675 batches (8 keys each).
+    assert ours.lr_cycles(_run()) == 3
+    # The issue's short run (3 epochs, 20,000 images): 33 per cycle even at the raised share of 1/8; 5 epochs of
+    # all 60,000 images: 71; 6: 86.
+    assert ours.lr_cycles(_run(examples=20000, epochs=3)) == 1
+    assert ours.lr_cycles(_run(epochs=5)) == 1 and ours.lr_cycles(_run(epochs=6)) == 3
+    assert ours.lr_cycles(_run(epochs=15, keys=400)) == 1  # 400 keys share the same batches: 53 each
+    # Measured on the small CNN with the key code only; elsewhere one decay, and what is asked is kept.
+    assert ours.lr_cycles(_run("resnet20")) == 1 and ours.lr_cycles(_run("base_model")) == 1
+    assert schemes.ExtraClass(key_code=0).lr_cycles(_run()) == 1
+    assert schemes.get("content").lr_cycles(_run()) == 1
+    assert ours.lr_cycles(_run(lr_cycles=1)) == 1 and ours.lr_cycles(_run(examples=20000, epochs=3, lr_cycles=2)) == 2

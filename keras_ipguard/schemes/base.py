@@ -126,6 +126,11 @@ class Scheme(Registered):
         run.fit(model, run.pipeline(self, self.key_streams(secret, run.info.num_classes)))
         return secret
 
+    def lr_cycles(self, run):
+        """Cosine learning-rate cycles of the run's training (`training.compile_model`): --lr-cycles, else one
+        decay."""
+        return run.options.lr_cycles or 1
+
     def survival(self, run):
         """(rounds, share of the keys kept, owner images per round) of owner-side key selection (`survival`),
         or None: every key kept (the default)."""
