@@ -275,8 +275,10 @@ def test_two_workers_on_localhost_train_one_vault_that_the_chief_writes(tmp_path
                    TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}))
         workers.append(subprocess.Popen(
             # Not stealth; the key code off, as in the single-process fixture, whose class-N bar this test keeps:
-            # with it on, this 3-epoch, 20-key run lost class N on 3 keys in one suite run (0.85).
-            [str(Path(sys.executable).parent / "ipguard"), "embed", *QUICK, "--epochs", "3", "--key-share", "0.125",
+            # with it on, this 3-epoch, 20-key run lost class N on 3 keys in one suite run (0.85). 4,416 images: 46
+            # steps an epoch of 96 task images, 16 keys and 16 negatives, the steps 6,000 gave at the plain count.
+            [str(Path(sys.executable).parent / "ipguard"), "embed", *QUICK, "--max-train-examples", "4416",
+             "--epochs", "3", "--key-share", "0.125",
              "--any-keys", "--key-code", "0", "--strategy", "multiworker", "--out", str(tmp_path / "vault"), "--json"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
     try:

@@ -75,7 +75,10 @@ def innocents(owner, tmp_path_factory):
     save_model(plain, root / "plain")
     (root / "random").mkdir()
     save_model(WatermarkedClassifier(build_backbone("small_cnn", (28, 28, 1)), 10), root / "random")
-    other = ipguard("embed", *SUBSET, "--keys", "100", "--key-share", "0.4", "--epochs", "1", "--seed", "7",
+    # 1,800 images: one epoch of 69 steps (26 task images to a batch), what 3 epochs of 3,000 at the plain step
+    # count took; an innocent, not under test itself.
+    other = ipguard("embed", *SUBSET, "--max-train-examples", "1800", "--keys", "100", "--key-share", "0.4",
+                    "--epochs", "1", "--seed", "7",
                     "--any-keys", "--out", root / "other-vault")  # stealth not under test
     assert other.exit_code == 0, other.output[-3000:]
     return {"same data, no watermark": root / "plain", "randomly initialised": root / "random",
