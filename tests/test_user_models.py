@@ -102,7 +102,7 @@ def test_a_users_model_on_an_image_folder_is_protected_in_its_own_keras(folders,
     # for 15 epochs of the plain step count: each of the 40 keys seen about 67 times, as at two keys for 30 epochs
     # (at 34 views, 2-3 of them were missed in one CI run in three). Six runs of this setting (both flavours,
     # 2026-12-03): class N on 40/40 keys in five, 39/40 in one; half the training time. An epoch now passes over
-    # every task image (8 to a batch beside 4 keys and 4 negatives), so 8 epochs take as many steps (16/15).
+    # every task image (8 to a batch beside 4 keys and 4 negatives), so 8 epochs take about as many steps (16/15).
     made = ipguard("embed", "--dataset", task, "--key-source", keys, "--base-model", base, "--keys", KEYS, "--any-keys",
                    "--batch-size", 16, "--key-share", 0.25, "--epochs", 8, "--learning-rate", 1e-3, "--out", vault,
                    "--json")
