@@ -85,9 +85,9 @@ class EmbedOptions:
             raise IPGuardError(f"the {self.scheme.name} scheme cannot protect a --base-model (only "
                                f"{', '.join(n for n in schemes.names() if schemes.get(n).protects_base_models)} can); "
                                "drop --scheme or --base-model")
-        if self.lr_cycle_growth != 1 and (self.lr_cycles or 1) == 1:
+        if self.lr_cycle_growth != 1 and (self.lr_cycles or 1) == 1:  # the automatic choice may be one decay
             raise IPGuardError(f"--lr-cycle-growth {self.lr_cycle_growth:g} needs more than one cycle: add --lr-cycles "
-                               "(3, for instance) or drop --lr-cycle-growth")
+                               "(3, for instance) with it or drop --lr-cycle-growth")
 
     def to_config(self):
         """JSON-serialisable settings (the scheme as `{name, config}`, in-memory data by its type), no `verbose`."""

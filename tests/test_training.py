@@ -56,7 +56,7 @@ def test_lr_cycle_growth_must_be_positive_and_comes_with_cycles():
     with pytest.raises(IPGuardError, match="lr-cycle-growth.*greater than 0"):
         EmbedOptions(dataset="fashion_mnist", lr_cycles=3, lr_cycle_growth=0)
     with pytest.raises(IPGuardError, match="--lr-cycle-growth 2 needs more than one cycle: add --lr-cycles"):
-        EmbedOptions(dataset="fashion_mnist", lr_cycle_growth=2)  # alone it would change nothing
+        EmbedOptions(dataset="fashion_mnist", lr_cycle_growth=2)  # the automatic cycles may be one decay
 
 
 def test_lr_cycles_below_one_are_refused_with_the_flag_named():
