@@ -5,8 +5,9 @@
 
 For each vault: fine-tunes its model (FTAL by default, the attacks issue's
 settings) once per seed 0..S-1 (Keras seed F+s, F = --first-seed, default
-100: shuffling, dropout) and prints the watermark accuracy of each run, and
-its key-code accuracy where the vault has a key code, their means and minima. With
+100: shuffling, dropout, and for RTLL / RTAL the new last layer's weights)
+and prints the watermark accuracy of each run, and its key-code accuracy
+where the vault has a key code, their means and minima. With
 --layers it then takes the run that kept the fewest keys and, one layer at a time,
 puts back that layer's original weights, printing the watermark accuracy
 that results and how far each weight moved (mean |dw| against mean |w|): the
@@ -88,9 +89,9 @@ def main(argv=None):
         if args.per_key and (vault.key_codes is None or args.seeds < 2):
             print(f"{path}: --per-key needs a vault with a key code and --seeds 2 or more; skipped", file=sys.stderr)
         for seed in range(args.seeds):
-            keras.utils.set_random_seed(args.first_seed + seed)
+            keras.utils.set_random_seed(args.first_seed + seed)  # RTLL / RTAL set it again, with the new head's seed
             tuned = finetune_model(model, args.variant, threat.attack_x, threat.attack_y, optimizer=args.optimizer,
-                                   renormalize=args.renormalize)
+                                   seed=args.first_seed + seed, renormalize=args.renormalize)
             figures = measure(threat, tuned, {"seed": seed}).to_dict()
             if args.per_key and vault.key_codes is not None:
                 kept.append(task_classes(tuned, vault.key_images, vault.num_classes) == np.asarray(vault.key_codes))
