@@ -1,6 +1,6 @@
-"""A selected vault: a reference model (never shown the keys) marks the trained keys whose code it answers anyway; the plain
-attacker's RTAL with Adam is then scored on the 100 trained keys without those (what keeping every key that is
-not natural would give), at the suspect's key-code chance rate.
+"""A selected vault: a reference model (never shown the keys) marks the trained keys whose code it answers
+anyway; the plain attacker's RTAL with Adam is then scored on the 100 trained keys without those (what keeping
+every key that is not natural would give), at the suspect's key-code chance rate.
 
     TF_NUM_INTRAOP_THREADS=1 python without_natural_codes.py VAULT
 
