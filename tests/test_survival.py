@@ -119,7 +119,7 @@ def test_survival_rounds_without_a_key_code_are_refused(tmp_path):
                     reason="needs the prepared datasets in ../shared/tensorflow_datasets")
 def test_embed_keeps_the_surviving_half_of_its_keys_with_their_codes_and_identities(tmp_path):
     out = tmp_path / "v"
-    # Bookkeeping under test, not how well the keys survive: a short run on few images (one epoch: 47 steps of 26
+    # Bookkeeping under test, not how well the keys survive: a short run on few images (one epoch: 46 steps of 26
     # task images beside 51 keys and 51 negatives, each key in about 120 batches), uniform keys; the rounds
     # (asked for: they would cost more than this run's training) fine-tune on a quarter of the 1,200 images.
     result = CliRunner().invoke(cli, ["embed", "--dataset", "fashion_mnist", "--max-train-examples", "1200",
