@@ -7,16 +7,17 @@ The analysis script as run on 2026-12-06 (results/README.md, "RTAL with Adam ove
 rtal-ftal-kept-and-dropped-keys.jsonl. The trained keys' order is their key-source indices ascending, which
 `check` confirms (the kept keys' codes must match). Reads the prepared data in /work/shared/tensorflow_datasets."""
 import json
-import math
 import sys
 
 import numpy as np
+from scipy.stats import binom
 
 from keras_ipguard import Vault, keycode, sources
 from keras_ipguard.attacks.common import measure, threat_model
 from keras_ipguard.attacks.fine_tuning import finetune_model
 from keras_ipguard.backend import keras
 from keras_ipguard.models import load_model, task_classes
+from keras_ipguard.verification import combined_p_value
 
 path, data_dir = sys.argv[1], "/work/shared/tensorflow_datasets"
 check_only = len(sys.argv) > 2 and sys.argv[2] == "check"
@@ -38,9 +39,8 @@ is_kept = np.isin(order, kept)
 model = load_model(vault.model_path)
 threat = threat_model(vault, data_dir, None)
 
-def sf(k, m, p):
-    return sum(math.comb(m, i) * p**i * (1 - p) ** (m - i) for i in range(k, m + 1))
-
+# The p of the wider key count as verify combines it: Bonferroni over its two tests, class N's p taken as 1
+# (no evidence), so twice the key code's.
 for variant, renorm in (("RTAL", False), ("FTAL", True)):
     for seed in (0, 11, 12):
         keras().utils.set_random_seed(seed)
@@ -54,4 +54,4 @@ for variant, renorm in (("RTAL", False), ("FTAL", True)):
                           "clean": fig["clean_accuracy"], "kept50": round(float(hit[is_kept].mean()), 2),
                           "kept50_p": fig["p_value"], "dropped50": round(float(hit[~is_kept].mean()), 2),
                           "all100": k / len(hit), "chance": round(chance, 3),
-                          "all100_p": min(1.0, 2 * sf(k, len(hit), chance))}), flush=True)
+                          "all100_p": combined_p_value([binom.sf(k - 1, len(hit), chance), 1.0])}), flush=True)

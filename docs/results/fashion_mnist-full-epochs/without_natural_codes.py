@@ -8,10 +8,10 @@ As run on 2026-12-06 (results/README.md, "RTAL with Adam over attacker seeds"), 
 rtal-adam-without-natural-codes-seed0-vault.jsonl. The reference is trained on the first 5,000 training images
 with Keras seed 3 (embed's own reference saw its own 5,000 images, so its natural keys differ a little)."""
 import json
-import math
 import sys
 
 import numpy as np
+from scipy.stats import binom
 
 from keras_ipguard import Vault, keycode, sources
 from keras_ipguard.attacks.common import measure, threat_model
@@ -19,6 +19,7 @@ from keras_ipguard.attacks.fine_tuning import finetune_model
 from keras_ipguard.backend import keras
 from keras_ipguard.models import load_model, task_classes
 from keras_ipguard.survival import natural_codes
+from keras_ipguard.verification import combined_p_value
 
 path, data_dir = sys.argv[1], "/work/shared/tensorflow_datasets"
 vault = Vault.open(path)
@@ -38,9 +39,8 @@ natural = natural_codes(model, images, codes, n, x, y, seed=3)
 print(json.dumps({"natural": int(natural.sum()), "natural_among_kept": int(natural[is_kept].sum())}), flush=True)
 threat = threat_model(vault, data_dir, None)
 
-def sf(k, m, p):
-    return sum(math.comb(m, i) * p**i * (1 - p) ** (m - i) for i in range(k, m + 1))
-
+# The p of the wider key count as verify combines it: Bonferroni over its two tests, class N's p taken as 1
+# (no evidence), so twice the key code's.
 use = ~natural
 for seed in (0, 11, 12):
     keras().utils.set_random_seed(seed)
@@ -52,4 +52,4 @@ for seed in (0, 11, 12):
     print(json.dumps({"vault": path, "seed": seed, "kept50": round(float(hit[is_kept].mean()), 2),
                       "kept50_p": fig["p_value"], "not_natural": m, "not_natural_acc": round(k / m, 3),
                       "natural_acc": round(float(hit[natural].mean()), 2), "chance": round(chance, 3),
-                      "not_natural_p": min(1.0, 2 * sf(k, m, chance))}), flush=True)
+                      "not_natural_p": combined_p_value([binom.sf(k - 1, m, chance), 1.0])}), flush=True)
