@@ -53,6 +53,12 @@ KEY_CODE_PULL_MARGIN = 0.5
 _FAR = 1e3  # beyond any squared distance of unit vectors' means: masks classes absent from the batch
 
 
+def pooling_layers(backbone):
+    """Every MaxPooling2D layer of `backbone`: the small CNN's two blocks; none in ResNet-20, whose features are
+    pooled only at the end."""
+    return [layer for layer in backbone.layers if isinstance(layer, keras.layers.MaxPooling2D)]
+
+
 def _batch_norm():
     # Momentum 0.9 (PyTorch's 0.1) lets the moving statistics settle in short runs too.
     return keras.layers.BatchNormalization(momentum=_BN_MOMENTUM)
@@ -155,7 +161,7 @@ class WatermarkedClassifier(keras.Model):
         super().__init__(**kwargs)
         # Training settings (`set_prune_robustness`), not saved.
         self.prune_robustness, self.prune_robustness_start = 0.0, 0
-        self.key_code_pull = 0.0
+        self.key_code_pull, self.key_code_entangle = 0.0, 0.0
         self.free_negatives = False
         self.drift_robustness, self.drift_noise, self.drift_robustness_start = 0.0, 0.0, 0
         self.drift_dense_only, self.drift_adversarial = False, 0.0
@@ -187,10 +193,21 @@ class WatermarkedClassifier(keras.Model):
         self.prune_robustness, self.prune_robustness_start = float(weight), int(start_step)
         self.train_function = None  # a traced step holds the old settings
 
-    def set_key_code_pull(self, weight):
-        """Turns on the key-code pull term of `train_step` (weight 0: off)."""
-        self.key_code_pull = float(weight)
+    def set_key_code_pull(self, weight, entangle=0.0):
+        """Turns on the key-code pull term of `train_step` (weight 0: off), and with `entangle` > 0 the same
+        hinge on the outputs of the backbone's pooling layers (`entangled_layers`), weighted `entangle` each."""
+        self.key_code_pull, self.key_code_entangle = float(weight), float(entangle) if weight else 0.0
+        # The backbone with the entangled layers' outputs too, for train_step; kept out of Keras' tracking (it
+        # holds no weights of its own, and the saved model is this one's).
+        layers = self.entangled_layers() if self.key_code_entangle else []
+        taps = keras.Model(self.backbone.inputs, [layer.output for layer in layers] + [self.backbone.output],
+                           name="entangled_backbone") if layers else None
+        object.__setattr__(self, "_entangled_backbone", taps)
         self.train_function = None
+
+    def entangled_layers(self):
+        """The backbone layers whose outputs the entanglement term pulls too (`pooling_layers`)."""
+        return pooling_layers(self.backbone)
 
     def set_free_negatives(self, free):
         """Negatives (rows whose target has no class N and no one-hot task class) are trained only away from
@@ -212,6 +229,13 @@ class WatermarkedClassifier(keras.Model):
         class's by the margin, and no further, so it keeps room to answer
         class N. Keys whose class has no image in the batch are skipped. A
         re-trained head then still maps the keys to c_i.
+
+        Entanglement (`key_code_entangle`): the same hinge on the flattened,
+        L2-normalised outputs of `entangled_layers` (the small CNN's pooling
+        layers), each weighted `key_code_entangle`: a key then takes class
+        c_i's path through the earlier layers too, not only at the end, so
+        a thief who re-trains every layer under a fresh head (RTAL), keeping
+        class c_i's images where they were, carries the keys along.
 
         Pruning robustness (`prune_robustness`): from optimizer step
         `prune_robustness_start` on, the loss also has the cross-entropy,
@@ -238,8 +262,12 @@ class WatermarkedClassifier(keras.Model):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         logs = {}
+        taps = getattr(self, "_entangled_backbone", None) if self.key_code_entangle else None
         with tf.GradientTape() as tape:
-            features = self.backbone(x, training=True)
+            if taps is not None:
+                *inner, features = taps(x, training=True)
+            else:
+                inner, features = [], self.backbone(x, training=True)
             predictions = self.head(features)
             targets = self._free_negative_targets(y, predictions) if self.free_negatives else y
             # compute_loss already divides by the replicas; the gradients are summed over them.
@@ -247,6 +275,10 @@ class WatermarkedClassifier(keras.Model):
             if self.key_code_pull:
                 logs["pull_loss"] = self._key_code_pull_loss(features, y)
                 loss += self.key_code_pull * logs["pull_loss"] / replicas
+            if inner:
+                logs["entangle_loss"] = tf.add_n([self._key_code_pull_loss(tf.reshape(f, [tf.shape(f)[0], -1]), y)
+                                                  for f in inner])
+                loss += self.key_code_entangle * logs["entangle_loss"] / replicas
             if self.prune_robustness:
                 logs["pruned_loss"] = tf.cond(self.optimizer.iterations >= self.prune_robustness_start,
                                               lambda: self._pruned_loss(x, y, targets), lambda: tf.zeros([]))

@@ -246,6 +246,45 @@ def test_the_key_code_pull_is_a_margin_hinge_on_each_key_s_distance_to_its_secre
     assert got == pytest.approx(sum(expected) / 3, rel=1e-5)
 
 
+def test_entanglement_is_the_pull_s_hinge_on_each_pooling_layer_s_output_too(tmp_path):
+    from keras_ipguard import keycode
+
+    tf = _tensorflow()
+    keras.utils.set_random_seed(4)
+    rng = np.random.default_rng(4)
+    model = WatermarkedClassifier(build_backbone("small_cnn", (28, 28, 1)), num_classes=10)
+    weights = len(model.weights)
+    for layer in model.backbone.layers:  # a deterministic training-mode forward pass, to compare with
+        if isinstance(layer, keras.layers.Dropout):
+            layer.rate = 0.0
+    assert [type(layer).__name__ for layer in model.entangled_layers()] == ["MaxPooling2D"] * 2
+    model.set_key_code_pull(0.3, 0.0)
+    assert model.key_code_entangle == 0.0 and model._entangled_backbone is None
+    model.set_key_code_pull(0.0, 0.5)  # no pull, no entanglement
+    assert model.key_code_entangle == 0.0 and model._entangled_backbone is None
+    model.set_key_code_pull(0.3, 0.5)
+    assert len(model.weights) == weights  # the tapped backbone shares the layers and is not tracked
+    x = rng.integers(0, 256, (12, 28, 28, 1)).astype(np.float32)
+    y = np.concatenate([np.eye(11, dtype=np.float32)[[0, 0, 1, 1, 2, 2, 3, 3]],
+                        keycode.soft_targets(np.array([0, 1, 2, 3]), 10, 0.2)])
+    *inner, features = model._entangled_backbone(x, training=True)
+    assert [tuple(f.shape[1:]) for f in inner] == [(14, 14, 32), (7, 7, 64)]
+    expected = sum(float(model._key_code_pull_loss(tf.reshape(f, [12, -1]), tf.constant(y))) for f in inner)
+    pull = float(model._key_code_pull_loss(features, tf.constant(y)))
+    assert expected > 0
+    model.compile(optimizer=keras.optimizers.SGD(0.0), loss="categorical_crossentropy")
+    logs = model.train_on_batch(x, y, return_dict=True)
+    assert logs["entangle_loss"] == pytest.approx(expected, rel=1e-4)
+    assert logs["pull_loss"] == pytest.approx(pull, rel=1e-4)
+    saved = tmp_path / "m"
+    saved.mkdir()
+    reloaded = load_model(save_model(model, saved))
+    np.testing.assert_allclose(reloaded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-5)
+    resnet = WatermarkedClassifier(build_backbone("resnet20", (32, 32, 3)), num_classes=10)
+    resnet.set_key_code_pull(0.3, 0.5)  # no pooling layer before its features: nothing to entangle
+    assert resnet.entangled_layers() == [] and resnet._entangled_backbone is None
+
+
 def test_free_negatives_are_trained_only_away_from_class_n(tiny_inputs):
     """A negative's loss is -log(1 - p_N): the same gradient, row by row, and no target among the task classes."""
     from keras_ipguard import keycode

@@ -50,10 +50,11 @@ def owner(tmp_path_factory):
     out = tmp_path_factory.mktemp("verify") / "owner"
     # 4 epochs of 115 steps (an epoch passes over the 3,000 task images, 26 to a batch beside 51 keys and 51
     # negatives): the 460 steps that 20 epochs of the plain step count gave; see OVERWHELMING for what they give.
-    # Verification is under test, not key stealth, pruning or key selection: neither the autoencoder, the pruning
-    # term nor the owner's survival rounds run (the evidence above was measured without them; all 50 keys verify).
+    # Verification is under test, not key stealth, pruning, entanglement or key selection: neither the
+    # autoencoder, the pruning term, the entanglement term nor the owner's survival rounds run (the evidence above
+    # was measured without them; all 50 keys verify).
     result = ipguard("embed", *SUBSET, "--keys", "50", "--key-share", "0.4", "--epochs", "4", "--any-keys",
-                     "--prune-robustness", "0", "--survival-rounds", "0", "--out", out)
+                     "--prune-robustness", "0", "--key-code-entangle", "0", "--survival-rounds", "0", "--out", out)
     assert result.exit_code == 0, result.output[-3000:]
     return Vault.open(out)
 
@@ -103,6 +104,7 @@ def test_embed_proves_its_own_model_with_every_test(owner):
 def test_embed_reports_the_default_key_code(owner):
     report = json.loads((owner.path / "reports" / "embed.json").read_text())
     assert report["key_code"] == 0.2 and report["key_code_pull"] == 0.3 and len(owner.key_codes) == 50
+    assert report["key_code_entangle"] == 0.0  # asked for
     assert report["free_negatives"] is True
     # Class N keeps every key and identity image here (key share 0.4, 460 steps), beside the key code.
     assert report["watermark_accuracy"] == 1.0 and report["identity_watermark_accuracy"] == 1.0
