@@ -162,6 +162,7 @@ class WatermarkedClassifier(keras.Model):
         # Training settings (`set_prune_robustness`), not saved.
         self.prune_robustness, self.prune_robustness_start = 0.0, 0
         self.key_code_pull, self.key_code_entangle = 0.0, 0.0
+        object.__setattr__(self, "_entangled_backbone", None)  # see set_key_code_pull
         self.free_negatives = False
         self.drift_robustness, self.drift_noise, self.drift_robustness_start = 0.0, 0.0, 0
         self.drift_dense_only, self.drift_adversarial = False, 0.0
@@ -262,7 +263,7 @@ class WatermarkedClassifier(keras.Model):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         logs = {}
-        taps = getattr(self, "_entangled_backbone", None) if self.key_code_entangle else None
+        taps = self._entangled_backbone if self.key_code_entangle else None
         with tf.GradientTape() as tape:
             if taps is not None:
                 *inner, features = taps(x, training=True)
