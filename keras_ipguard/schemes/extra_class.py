@@ -63,8 +63,8 @@ DEFAULT_KEY_CODE_PULL = 0.3
 # set_key_code_pull`), by architecture when not given. On full Fashion-MNIST runs (seeds 0-2) it took RTAL with
 # Adam from 0.46-0.74 of the key code to 0.88-1.00, and the informed attacker's from 0.34-0.50 (owned on none
 # of six runs) to 0.42-0.88 (six of seven), for a fidelity drop of 0.41 points on average (0.37 without); the
-# informed thief's FTAL with Adam stayed where it was. ResNet-20 has no pooling layer before its features; the others are not
-# measured. See docs/results/README.md, "Entangling the keys with their secret class".
+# informed thief's FTAL with Adam stayed where it was. ResNet-20 has no pooling layer before its features; the
+# others are not measured. See docs/results/README.md, "Entangling the keys with their secret class".
 DEFAULT_KEY_CODE_ENTANGLE = {"small_cnn": 0.3, "resnet20": 0.0, "resnet20_s2": 0.0, "vgg11": 0.0, "base_model": 0.0}
 # The drift-robustness term's noise (`models.set_drift_robustness`): a little
 # above the 0.011-0.022 RMS per kernel that the informed attacker's 10 epochs
