@@ -307,11 +307,11 @@ class ExtraClass(Scheme):
         if drift:
             model.set_drift_robustness(drift, self.config.drift_noise, late, self.config.drift_dense_only,
                                        self.config.drift_adversarial)
-        pull = self.config.key_code_pull if secret.key_codes is not None else 0.0
-        entangle = self.key_code_entangle(run.arch) if pull else 0.0
-        if entangle and hasattr(model, "entangled_layers") and not model.entangled_layers():
-            entangle = 0.0  # a user's tf_keras base model without pooling layers: nothing to entangle
-        if pull and hasattr(model, "set_key_code_pull"):  # a WatermarkedClassifier (not a Keras 3 base model)
+        ours = hasattr(model, "set_key_code_pull")  # a WatermarkedClassifier (not a Keras 3 base model)
+        pull = self.config.key_code_pull if secret.key_codes is not None and ours else 0.0
+        # A user's tf_keras base model without pooling layers has nothing to entangle.
+        entangle = self.key_code_entangle(run.arch) if pull and model.entangled_layers() else 0.0
+        if pull:
             model.set_key_code_pull(pull, entangle)
         # A WatermarkedClassifier (not a Keras 3 base model), unless negatives are given a task class.
         free = (self.free_negatives(run.arch) and self.config.negative_class is None
@@ -322,8 +322,7 @@ class ExtraClass(Scheme):
                           drift_dense_only=bool(drift) and self.config.drift_dense_only,
                           drift_adversarial=self.config.drift_adversarial if drift else 0.0,
                           key_code=self.key_code_share(run.arch),
-                          key_code_pull=pull if hasattr(model, "set_key_code_pull") else 0.0,
-                          key_code_entangle=entangle if hasattr(model, "set_key_code_pull") else 0.0)
+                          key_code_pull=pull, key_code_entangle=entangle)
         run.fit(model, pipeline)
         return secret
 
