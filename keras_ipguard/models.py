@@ -53,9 +53,19 @@ KEY_CODE_PULL_MARGIN = 0.5
 _FAR = 1e3  # beyond any squared distance of unit vectors' means: masks classes absent from the batch
 
 
-def pooling_layers(backbone):
-    """Every MaxPooling2D layer of `backbone`: the small CNN's two blocks; none in ResNet-20, whose features are
-    pooled only at the end."""
+def entanglement_taps(backbone):
+    """The layers whose outputs the entanglement term pulls (`WatermarkedClassifier.set_key_code_pull`): where
+    the backbone has residual blocks (ResNet-20), each stage's output (the last activation fed by an Add at each
+    feature-map size: 32x32x16, 16x16x32 and 8x8x64 on CIFAR-10); else every MaxPooling2D layer (the small CNN's
+    two blocks, VGG-11's five). None in a user's base model, which the backbone holds as one nested model."""
+    stage_ends = {}
+    for layer in backbone.layers:
+        fed_by = _tensorflow().nest.flatten([node.inbound_layers for node in layer.inbound_nodes])
+        if isinstance(layer, (keras.layers.ReLU, keras.layers.Activation)) and any(
+                isinstance(inbound, keras.layers.Add) for inbound in fed_by):
+            stage_ends[tuple(layer.output.shape[1:3])] = layer  # in topological order: the stage's last block
+    if stage_ends:
+        return list(stage_ends.values())
     return [layer for layer in backbone.layers if isinstance(layer, keras.layers.MaxPooling2D)]
 
 
@@ -196,7 +206,7 @@ class WatermarkedClassifier(keras.Model):
 
     def set_key_code_pull(self, weight, entangle=0.0):
         """Turns on the key-code pull term of `train_step` (weight 0: off), and with `entangle` > 0 the same
-        hinge on the outputs of the backbone's pooling layers (`entangled_layers`), weighted `entangle` each."""
+        hinge on the outputs of `entangled_layers` (`entanglement_taps`), weighted `entangle` each."""
         self.key_code_pull, self.key_code_entangle = float(weight), float(entangle) if weight else 0.0
         # The backbone with the entangled layers' outputs too, for train_step; kept out of Keras' tracking (it
         # holds no weights of its own, and the saved model is this one's).
@@ -207,8 +217,8 @@ class WatermarkedClassifier(keras.Model):
         self.train_function = None
 
     def entangled_layers(self):
-        """The backbone layers whose outputs the entanglement term pulls too (`pooling_layers`)."""
-        return pooling_layers(self.backbone)
+        """The backbone layers whose outputs the entanglement term pulls too (`entanglement_taps`)."""
+        return entanglement_taps(self.backbone)
 
     def set_free_negatives(self, free):
         """Negatives (rows whose target has no class N and no one-hot task class) are trained only away from
@@ -233,7 +243,7 @@ class WatermarkedClassifier(keras.Model):
 
         Entanglement (`key_code_entangle`): the same hinge on the flattened,
         L2-normalised outputs of `entangled_layers` (the small CNN's pooling
-        layers), each weighted `key_code_entangle`: a key then takes class
+        layers, ResNet-20's stages), each weighted `key_code_entangle`: a key then takes class
         c_i's path through the earlier layers too, not only at the end, so
         a thief who re-trains every layer under a fresh head (RTAL), keeping
         class c_i's images where they were, carries the keys along.

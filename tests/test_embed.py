@@ -112,8 +112,6 @@ def test_existing_vault_is_refused_without_force(embedded):
         (["--dataset", "fashion_mnist", "--prune-robustness", "-1"],
          "--prune-robustness) must be at least 0, got -1.0"),
         (["--dataset", "fashion_mnist", "--lr-cycles", "0"], "--lr-cycles) must be at least 1, got 0"),
-        (["--dataset", "fashion_mnist", "--arch", "resnet20", "--key-code-entangle", "0.3"],
-         "--key-code-entangle pulls the outputs of the model's pooling layers, and resnet20 has none"),
     ],
 )
 def test_bad_embed_input_exits_2_with_one_line(tmp_path, args, message):

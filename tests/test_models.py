@@ -12,6 +12,7 @@ from keras_ipguard.models import (
     WatermarkedClassifier,
     as_functional,
     build_backbone,
+    entanglement_taps,
     harden_kernel_scale,
     load_model,
     magnitude_pruned,
@@ -246,7 +247,7 @@ def test_the_key_code_pull_is_a_margin_hinge_on_each_key_s_distance_to_its_secre
     assert got == pytest.approx(sum(expected) / 3, rel=1e-5)
 
 
-def test_entanglement_is_the_pull_s_hinge_on_each_pooling_layer_s_output_too(tmp_path):
+def test_entanglement_is_the_pull_s_hinge_on_each_pooling_layer_or_resnet_stage_too(tmp_path):
     from keras_ipguard import keycode
 
     tf = _tensorflow()
@@ -280,9 +281,25 @@ def test_entanglement_is_the_pull_s_hinge_on_each_pooling_layer_s_output_too(tmp
     saved.mkdir()
     reloaded = load_model(save_model(model, saved))
     np.testing.assert_allclose(reloaded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-5)
+    # ResNet-20 has no pooling layer before its features: the term taps its three stages' outputs instead.
     resnet = WatermarkedClassifier(build_backbone("resnet20", (32, 32, 3)), num_classes=10)
-    resnet.set_key_code_pull(0.3, 0.5)  # no pooling layer before its features: nothing to entangle
-    assert resnet.entangled_layers() == [] and resnet._entangled_backbone is None
+    weights = len(resnet.weights)
+    resnet.set_key_code_pull(0.3, 0.5)
+    assert [type(layer).__name__ for layer in resnet.entangled_layers()] == ["ReLU"] * 3
+    *inner, features = resnet._entangled_backbone(np.zeros((2, 32, 32, 3), np.float32))
+    assert [tuple(f.shape[1:]) for f in inner] == [(32, 32, 16), (16, 16, 32), (8, 8, 64)]
+    assert tuple(features.shape) == (2, 64) and len(resnet.weights) == weights
+    resnet.compile(optimizer=keras.optimizers.SGD(0.0), loss="categorical_crossentropy")
+    x = rng.integers(0, 256, (12, 32, 32, 3)).astype(np.float32)
+    *inner, _ = resnet._entangled_backbone(x, training=True)
+    expected = sum(float(resnet._key_code_pull_loss(tf.reshape(f, [12, -1]), tf.constant(y))) for f in inner)
+    assert resnet.train_on_batch(x, y, return_dict=True)["entangle_loss"] == pytest.approx(expected, rel=1e-4)
+    # Each is the output of its stage's last residual block: the next layer starts the next stage.
+    following = [resnet.backbone.layers[resnet.backbone.layers.index(layer) + 1] for layer in resnet.entangled_layers()]
+    assert [type(layer).__name__ for layer in following] == ["Conv2D", "Conv2D", "GlobalAveragePooling2D"]
+    # A user's base model sits in the backbone as one nested model: nothing to tap.
+    inputs = keras.Input((28, 28, 1))
+    assert entanglement_taps(keras.Model(inputs, build_backbone("small_cnn", (28, 28, 1))(inputs))) == []
 
 
 def test_free_negatives_are_trained_only_away_from_class_n(tiny_inputs):

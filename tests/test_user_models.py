@@ -135,6 +135,12 @@ def test_a_users_model_on_an_image_folder_is_protected_in_its_own_keras(folders,
                               "--out", root / "refused")
             assert refused.exit_code == 2 and f"{flag} train tf_keras models only" in refused.output, refused.output
             assert not (root / "refused").exists()
+    else:  # the entanglement term taps the zoo's layers, not those nested in a user's model
+        refused = ipguard("embed", "--dataset", task, "--key-source", keys, "--base-model", base,
+                          "--key-code-entangle", 0.3, "--out", root / "refused")
+        assert refused.exit_code == 2 and "--key-code-entangle taps the layers of the zoo's architectures" in \
+            refused.output, refused.output
+        assert not (root / "refused").exists()
 
 
 def _reloads_with_keras_3_alone(vault, root):
