@@ -130,17 +130,17 @@ def test_a_users_model_on_an_image_folder_is_protected_in_its_own_keras(folders,
     assert ipguard("verify", "--vault", vault, "--model", saved_model).exit_code == verdict.exit_code
     if flavour == "keras3":
         _reloads_with_keras_3_alone(vault, root)
-        for flag in ("--prune-robustness", "--drift-robustness", "--key-code-entangle"):  # tf_keras models only
+        for flag in ("--prune-robustness", "--drift-robustness"):  # tf_keras models only
             refused = ipguard("embed", "--dataset", task, "--key-source", keys, "--base-model", base, flag, 0.5,
                               "--out", root / "refused")
             assert refused.exit_code == 2 and f"{flag} train tf_keras models only" in refused.output, refused.output
             assert not (root / "refused").exists()
-    else:  # the entanglement term taps the zoo's layers, not those nested in a user's model
-        refused = ipguard("embed", "--dataset", task, "--key-source", keys, "--base-model", base,
-                          "--key-code-entangle", 0.3, "--out", root / "refused")
-        assert refused.exit_code == 2 and "--key-code-entangle taps the layers of the zoo's architectures" in \
-            refused.output, refused.output
-        assert not (root / "refused").exists()
+    # The entanglement term taps the zoo's layers, not those nested in a user's model, in either Keras.
+    refused = ipguard("embed", "--dataset", task, "--key-source", keys, "--base-model", base,
+                      "--key-code-entangle", 0.3, "--out", root / "refused")
+    assert refused.exit_code == 2 and "--key-code-entangle taps the layers of the zoo's architectures" in \
+        refused.output, refused.output
+    assert not (root / "refused").exists()
 
 
 def _reloads_with_keras_3_alone(vault, root):

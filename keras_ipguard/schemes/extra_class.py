@@ -160,18 +160,17 @@ class ExtraClass(Scheme):
     protects_base_models = True
 
     def check(self, run):
+        if self.config.key_code_entangle and run.options.base_model:
+            raise IPGuardError("--key-code-entangle taps the layers of the zoo's architectures (--arch), not those "
+                               "inside a --base-model; drop it")
         terms = [flag for flag, weight in (("--prune-robustness", self.config.prune_robustness),
-                                           ("--drift-robustness", self.config.drift_robustness),
-                                           ("--key-code-entangle", self.config.key_code_entangle)) if weight]
+                                           ("--drift-robustness", self.config.drift_robustness)) if weight]
         if run.options.base_model and terms:
             from ..models import keras_file_flavour, model_file
 
             if keras_file_flavour(model_file(run.options.base_model, "--base-model")) == "keras3":
                 raise IPGuardError(f"{' and '.join(terms)} train tf_keras models only, not a Keras 3 --base-model; "
                                    "drop them")
-        if self.config.key_code_entangle and run.options.base_model:
-            raise IPGuardError("--key-code-entangle taps the layers of the zoo's architectures (--arch), not those "
-                               "inside a --base-model; drop it")
         if self.config.survival_rounds and not self.key_code_share(run.arch):
             raise IPGuardError("--survival-rounds chooses keys by their key code, which is off here; give --key-code "
                                "a share above 0 or drop --survival-rounds")
@@ -310,8 +309,8 @@ class ExtraClass(Scheme):
                                        self.config.drift_adversarial)
         ours = hasattr(model, "set_key_code_pull")  # a WatermarkedClassifier (not a Keras 3 base model)
         pull = self.config.key_code_pull if secret.key_codes is not None and ours else 0.0
-        # A user's base model has nothing to entangle (`models.entanglement_taps`; `check` refuses the flag).
-        entangle = self.key_code_entangle(run.arch) if pull and model.entangled_layers() else 0.0
+        # Every zoo architecture has layers to tap; a base model's default is 0 (`check` refuses the flag there).
+        entangle = self.key_code_entangle(run.arch) if pull else 0.0
         if pull:
             model.set_key_code_pull(pull, entangle)
         # A WatermarkedClassifier (not a Keras 3 base model), unless negatives are given a task class.
