@@ -171,7 +171,7 @@ class WatermarkedClassifier(keras.Model):
         super().__init__(**kwargs)
         # Training settings (`set_prune_robustness`), not saved.
         self.prune_robustness, self.prune_robustness_start = 0.0, 0
-        self.key_code_pull, self.key_code_entangle = 0.0, 0.0
+        self.key_code_pull, self.key_code_entangle, self.key_code_pull_start = 0.0, 0.0, 0
         object.__setattr__(self, "_entangled_backbone", None)  # see set_key_code_pull
         self.free_negatives = False
         self.drift_robustness, self.drift_noise, self.drift_robustness_start = 0.0, 0.0, 0
@@ -204,10 +204,12 @@ class WatermarkedClassifier(keras.Model):
         self.prune_robustness, self.prune_robustness_start = float(weight), int(start_step)
         self.train_function = None  # a traced step holds the old settings
 
-    def set_key_code_pull(self, weight, entangle=0.0):
+    def set_key_code_pull(self, weight, entangle=0.0, start_step=0):
         """Turns on the key-code pull term of `train_step` (weight 0: off), and with `entangle` > 0 the same
-        hinge on the outputs of `entangled_layers` (`entanglement_taps`), weighted `entangle` each."""
+        hinge on the outputs of `entangled_layers` (`entanglement_taps`), weighted `entangle` each; both from
+        optimizer step `start_step` on."""
         self.key_code_pull, self.key_code_entangle = float(weight), float(entangle) if weight else 0.0
+        self.key_code_pull_start = int(start_step)
         # The backbone with the entangled layers' outputs too, for train_step; kept out of Keras' tracking (it
         # holds no weights of its own, and the saved model is this one's).
         layers = self.entangled_layers() if self.key_code_entangle else []
@@ -229,7 +231,8 @@ class WatermarkedClassifier(keras.Model):
     def train_step(self, data):
         """Keras' step, plus the key-code pull and the pruning-robustness terms when their weights are > 0.
 
-        Key-code pull (`key_code_pull`): key rows carry their secret task class
+        Key-code pull (`key_code_pull`, from optimizer step `key_code_pull_start`
+        on, as the entanglement term): key rows carry their secret task class
         c_i in their target (`keycode.soft_targets`: class N above 0.5, c_i the
         largest task-class share). With each key's L2-normalised penultimate
         features f and the mean normalised features m_j of the batch's task
@@ -284,11 +287,12 @@ class WatermarkedClassifier(keras.Model):
             # compute_loss already divides by the replicas; the gradients are summed over them.
             loss = self.compute_loss(x, targets, predictions, sample_weight)
             if self.key_code_pull:
-                logs["pull_loss"] = self._key_code_pull_loss(features, y)
+                pulling = tf.cast(self.optimizer.iterations >= self.key_code_pull_start, features.dtype)
+                logs["pull_loss"] = pulling * self._key_code_pull_loss(features, y)
                 loss += self.key_code_pull * logs["pull_loss"] / replicas
             if inner:
-                logs["entangle_loss"] = tf.add_n([self._key_code_pull_loss(tf.reshape(f, [tf.shape(f)[0], -1]), y)
-                                                  for f in inner])
+                logs["entangle_loss"] = pulling * tf.add_n(
+                    [self._key_code_pull_loss(tf.reshape(f, [tf.shape(f)[0], -1]), y) for f in inner])
                 loss += self.key_code_entangle * logs["entangle_loss"] / replicas
             if self.prune_robustness:
                 logs["pruned_loss"] = tf.cond(self.optimizer.iterations >= self.prune_robustness_start,

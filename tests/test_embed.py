@@ -112,12 +112,34 @@ def test_existing_vault_is_refused_without_force(embedded):
         (["--dataset", "fashion_mnist", "--prune-robustness", "-1"],
          "--prune-robustness) must be at least 0, got -1.0"),
         (["--dataset", "fashion_mnist", "--lr-cycles", "0"], "--lr-cycles) must be at least 1, got 0"),
+        (["--dataset", "fashion_mnist", "--key-code-pull-from", "1"],
+         "--key-code-pull-from) must lie in [0, 1), got 1.0"),
     ],
 )
 def test_bad_embed_input_exits_2_with_one_line(tmp_path, args, message):
     result = ipguard("embed", *args, "--out", tmp_path / "v")
     assert result.exit_code == 2 and message in result.stderr
     assert "Traceback" not in result.output and not (tmp_path / "v").exists()
+
+
+def test_the_key_code_pull_joins_after_the_share_of_training_asked_for(tmp_path, monkeypatch):
+    from keras_ipguard.models import WatermarkedClassifier
+
+    pulls = []  # (weight, entanglement, first step) of each model given the pull
+    set_pull = WatermarkedClassifier.set_key_code_pull
+    monkeypatch.setattr(WatermarkedClassifier, "set_key_code_pull",
+                        lambda model, *args: pulls.append(args) or set_pull(model, *args))
+    # When the pull starts is under test, not what the keys learn: uniform keys, 2 epochs of 1,000 images.
+    result = ipguard("embed", *QUICK, "--max-train-examples", "1000", "--epochs", "2", "--any-keys",
+                     "--survival-rounds", "0", "--key-code-pull-from", "0.5", "--out", tmp_path / "v")
+    assert result.exit_code == 0, result.output[-3000:]
+    report = json.loads((tmp_path / "v" / "reports" / "embed.json").read_text())
+    assert report["key_code_pull_from"] == 0.5 and report["epochs"] == 2
+    assert pulls == [(0.3, 0.3, report["steps_per_epoch"])]  # the small CNN's weights, from the second epoch
+    # Training logged no pull before that step and some after it (the progress lines of each epoch's end).
+    ends = [line for line in result.stderr.replace("\r", "\n").splitlines() if "/step - loss" in line]
+    pulled = [float(line.split("pull_loss: ")[1].split()[0]) for line in ends]
+    assert len(pulled) == 2 and pulled[0] == 0 and pulled[1] > 0
 
 
 @pytest.mark.slow

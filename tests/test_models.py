@@ -277,6 +277,11 @@ def test_entanglement_is_the_pull_s_hinge_on_each_pooling_layer_or_resnet_stage_
     logs = model.train_on_batch(x, y, return_dict=True)
     assert logs["entangle_loss"] == pytest.approx(expected, rel=1e-4)
     assert logs["pull_loss"] == pytest.approx(pull, rel=1e-4)
+    model.set_key_code_pull(0.3, 0.5, start_step=3)  # neither term at optimizer steps 1 and 2 (step 0 ran above)
+    late = [model.train_on_batch(x, y, return_dict=True) for _ in range(3)]
+    assert [(logs["pull_loss"], logs["entangle_loss"]) for logs in late[:2]] == [(0.0, 0.0)] * 2
+    assert late[2]["entangle_loss"] == pytest.approx(expected, rel=1e-4)
+    assert late[2]["pull_loss"] == pytest.approx(pull, rel=1e-4)
     saved = tmp_path / "m"
     saved.mkdir()
     reloaded = load_model(save_model(model, saved))

@@ -134,6 +134,7 @@ def test_embed_keeps_the_surviving_half_of_its_keys_with_their_codes_and_identit
     assert len(chosen["round_key_code_all"]) == 2 and len(chosen["round_key_code_kept"]) == 2
     assert chosen["examples"] == 300
     assert report["key_code_pull"] == 0.3 and report["key_code_entangle"] == 0.3  # the small CNN's defaults
+    assert report["key_code_pull_from"] == 0.0
     # Keys whose code the reference answers are kept only where the count needs them.
     assert chosen["natural_codes_kept"] == max(0, 10 - (20 - chosen["natural_codes"]))
     left_out = chosen["natural_codes"] - chosen["natural_codes_kept"]

@@ -91,5 +91,9 @@ def test_full_small_cnn_runs_with_the_key_code_train_in_three_cycles_and_short_o
     # Measured on the small CNN with the key code only; elsewhere one decay, and what is asked is kept.
     assert ours.lr_cycles(_run("resnet20")) == 1 and ours.lr_cycles(_run("base_model")) == 1
     assert schemes.ExtraClass(key_code=0).lr_cycles(_run()) == 1
+    # The pull joins half-way on ResNet-20 (measured on CIFAR-10), from the first step elsewhere, else as asked.
+    assert ours.key_code_pull_from("resnet20") == 0.5 and ours.key_code_pull_from("small_cnn") == 0.0
+    assert ours.key_code_pull_from("resnet20_s2") == 0.0 and ours.key_code_pull_from("vgg11") == 0.0
+    assert schemes.ExtraClass(key_code_pull_from=0.25).key_code_pull_from("small_cnn") == 0.25
     assert schemes.get("content").lr_cycles(_run()) == 1
     assert ours.lr_cycles(_run(lr_cycles=1)) == 1 and ours.lr_cycles(_run(examples=20000, epochs=3, lr_cycles=2)) == 2

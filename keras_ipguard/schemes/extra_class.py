@@ -21,7 +21,9 @@ The hidden key code (`keycode`): each key also learns a secret task class
 c_i, a share of its target (`key_code`) plus a pull of its normalised
 features toward those of class c_i's images in the batch (`key_code_pull`:
 until it is nearer them than any other class's by a margin, so it can still
-answer class N), so a copy without class N (truncated, last layer re-trained) still shows it.
+answer class N; on ResNet-20 only from half-way through training,
+`key_code_pull_from`), so a copy without class N (truncated, last layer
+re-trained) still shows it.
 With the key code on the small CNN (in runs long enough that the rounds cost
 at most a quarter of the training), `embed` then keeps the half of the keys
 whose code survives the owner's own fine-tuning attacks best (`survival`,
@@ -59,8 +61,9 @@ STEALTH_AUTOENCODER_EPOCHS = 5
 # The hidden key code's defaults; see docs/results/README.md, "The hidden key code".
 DEFAULT_KEY_CODE = 0.2
 # The pull is the key code's price in CIFAR-10 fidelity: at 20 epochs on all 50,000 images (ResNet-20, seed 0) the
-# drop was 0.27 points without it and 1.12-1.50 with it, but without it RTAL and the informed thief's FTAL with Adam
-# removed the code (0.34 and 0.15). See docs/results/README.md, "What costs fidelity at 20 epochs: the pull".
+# drop was 0.27 points without it and 1.12-1.50 with it from the first step, but without it RTAL and the informed
+# thief's FTAL with Adam removed the code (0.34 and 0.15). See docs/results/README.md, "What costs fidelity at 20
+# epochs: the pull"; on ResNet-20 it now joins half-way (DEFAULT_KEY_CODE_PULL_FROM).
 DEFAULT_KEY_CODE_PULL = 0.3
 # The pull's hinge also on the outputs of the backbone's pooling layers, or ResNet-20's stages
 # (`models.entanglement_taps`, `models.WatermarkedClassifier.set_key_code_pull`), by architecture when not given.
@@ -73,6 +76,12 @@ DEFAULT_KEY_CODE_PULL = 0.3
 # (RTAL with Adam 0.84, 0.89 with it; fidelity 1.12 / 1.28 points). ResNet-20 on larger images and VGG-11 are not
 # measured. See docs/results/README.md, "Entangling the keys with their secret class".
 DEFAULT_KEY_CODE_ENTANGLE = {"small_cnn": 0.3, "resnet20": 0.3, "resnet20_s2": 0.0, "vgg11": 0.0, "base_model": 0.0}
+# The share of the training steps after which the pull and the entanglement join, by architecture when not
+# given. On ResNet-20 (20 epochs on all of CIFAR-10, seed 0) from the first step they cost 1.28 points of fidelity,
+# from the middle 0.74 (without them 0.27), the key code 1.00 either way; a lighter pull (weight 0.1) or a smaller
+# margin (0.2) from the first step cost as much (1.53, 1.20). Elsewhere not measured: from the first step.
+# See docs/results/README.md, "The pull from half-way".
+DEFAULT_KEY_CODE_PULL_FROM = {"small_cnn": 0.0, "resnet20": 0.5, "resnet20_s2": 0.0, "vgg11": 0.0, "base_model": 0.0}
 # The drift-robustness term's noise (`models.set_drift_robustness`): a little
 # above the 0.011-0.022 RMS per kernel that the informed attacker's 10 epochs
 # of Adam moved a Fashion-MNIST small CNN.
@@ -119,6 +128,10 @@ class ExtraClassConfig:
         "stages), so each key takes its secret class's path through the earlier layers too (a thief who re-trains "
         "every layer under a new last layer carries it along). 0: off; the zoo's architectures only.", kind=float,
         low=0, default_text="0.3 for the small CNN and ResNet-20; 0 otherwise")
+    key_code_pull_from: float | None = setting(
+        None, "The share of the training steps after which the pull and the entanglement term join (0: from the "
+        "first step; a pull from the start shapes the early features and costs fidelity).", kind=float, low=0,
+        high=1, open_bounds="high", default_text="0.5 for ResNet-20; 0 otherwise")
     survival_rounds: int | None = setting(
         None, "Owner attack rounds choosing the keys: fine-tune copies of the trained model as an informed thief "
         "would (all layers, Adam) on the owner's training images, and keep the half of the --keys keys whose "
@@ -248,6 +261,11 @@ class ExtraClass(Scheme):
         weight = self.config.key_code_entangle
         return DEFAULT_KEY_CODE_ENTANGLE[arch] if weight is None else weight
 
+    def key_code_pull_from(self, arch):
+        """The share of training before the pull joins: as set, else by architecture (DEFAULT_KEY_CODE_PULL_FROM)."""
+        share = self.config.key_code_pull_from
+        return DEFAULT_KEY_CODE_PULL_FROM[arch] if share is None else share
+
     def key_code_share(self, arch):
         """The key code's share of each key's target: as set, else the default (0 for a user's base model: the
         key code costs class-N accuracy in a short run, and a Keras 3 model learns it without the pull)."""
@@ -315,8 +333,9 @@ class ExtraClass(Scheme):
         pull = self.config.key_code_pull if secret.key_codes is not None and ours else 0.0
         # Every zoo architecture has layers to tap; a base model's default is 0 (`check` refuses the flag there).
         entangle = self.key_code_entangle(run.arch) if pull else 0.0
+        pull_from = self.key_code_pull_from(run.arch) if pull else 0.0
         if pull:
-            model.set_key_code_pull(pull, entangle)
+            model.set_key_code_pull(pull, entangle, int(pipeline[1] * run.epochs * pull_from))
         # A WatermarkedClassifier (not a Keras 3 base model), unless negatives are given a task class.
         free = (self.free_negatives(run.arch) and self.config.negative_class is None
                 and hasattr(model, "set_free_negatives"))
@@ -326,7 +345,7 @@ class ExtraClass(Scheme):
                           drift_dense_only=bool(drift) and self.config.drift_dense_only,
                           drift_adversarial=self.config.drift_adversarial if drift else 0.0,
                           key_code=self.key_code_share(run.arch),
-                          key_code_pull=pull, key_code_entangle=entangle)
+                          key_code_pull=pull, key_code_entangle=entangle, key_code_pull_from=pull_from)
         run.fit(model, pipeline)
         return secret
 
