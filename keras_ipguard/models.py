@@ -286,13 +286,15 @@ class WatermarkedClassifier(keras.Model):
             targets = self._free_negative_targets(y, predictions) if self.free_negatives else y
             # compute_loss already divides by the replicas; the gradients are summed over them.
             loss = self.compute_loss(x, targets, predictions, sample_weight)
+            # Before the start step neither term is computed (nor its gradient): a cond, as for the terms below.
+            pulling = self.optimizer.iterations >= self.key_code_pull_start
+            off = lambda: tf.zeros([], features.dtype)  # noqa: E731
             if self.key_code_pull:
-                pulling = tf.cast(self.optimizer.iterations >= self.key_code_pull_start, features.dtype)
-                logs["pull_loss"] = pulling * self._key_code_pull_loss(features, y)
+                logs["pull_loss"] = tf.cond(pulling, lambda: self._key_code_pull_loss(features, y), off)
                 loss += self.key_code_pull * logs["pull_loss"] / replicas
             if inner:
-                logs["entangle_loss"] = pulling * tf.add_n(
-                    [self._key_code_pull_loss(tf.reshape(f, [tf.shape(f)[0], -1]), y) for f in inner])
+                logs["entangle_loss"] = tf.cond(pulling, lambda: tf.add_n(
+                    [self._key_code_pull_loss(tf.reshape(f, [tf.shape(f)[0], -1]), y) for f in inner]), off)
                 loss += self.key_code_entangle * logs["entangle_loss"] / replicas
             if self.prune_robustness:
                 logs["pruned_loss"] = tf.cond(self.optimizer.iterations >= self.prune_robustness_start,
