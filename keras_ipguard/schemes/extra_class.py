@@ -280,8 +280,9 @@ class ExtraClass(Scheme):
         images (rounds 4x its training, 2026-12-03) found the keys' codes near chance after each round
         (0.13-0.19), so its choice would be mostly of keys whose code any model answers: off there by default.
         Off on ResNet-20: on a 20-epoch CIFAR-10 vault the informed thief kept 0.58 of the kept half's codes
-        against 0.45 of all 100, about the same p-values with half the keys (2026-12-07, docs/results/README.md,
-        "Owner-side key selection on CIFAR-10"); not measured on the other architectures."""
+        against 0.45 of all 100, about the same p-values with half the keys, and half the keys proved less after
+        the other attacks (2026-12-07, docs/results/README.md, "The informed Adam thief over attacker seeds");
+        not measured on the other architectures."""
         examples = max(1, min(self.config.survival_examples, int(run.train.count * SURVIVAL_EXAMPLES_SHARE)))
         rounds = self.config.survival_rounds
         if rounds is None:
