@@ -326,7 +326,11 @@ class ExtraClass(Scheme):
         secret = self.make_secret(run)
         pipeline = run.pipeline(self, self.key_streams(secret, run.info.num_classes))
         weight, drift = self.prune_robustness(run.arch), self.config.drift_robustness
-        late = int(pipeline[1] * run.epochs * PRUNE_ROBUSTNESS_FROM)  # both terms join for the last third
+
+        def step_after(share):  # the optimizer step after `share` of the training
+            return int(pipeline[1] * run.epochs * share)
+
+        late = step_after(PRUNE_ROBUSTNESS_FROM)  # both terms join for the last third
         if weight:  # tf_keras models only (`check` refuses them for a Keras 3 base model)
             model.set_prune_robustness(weight, late)
         if drift:
@@ -338,7 +342,7 @@ class ExtraClass(Scheme):
         entangle = self.key_code_entangle(run.arch) if pull else 0.0
         pull_from = self.key_code_pull_from(run.arch) if pull else 0.0
         if pull:
-            model.set_key_code_pull(pull, entangle, int(pipeline[1] * run.epochs * pull_from))
+            model.set_key_code_pull(pull, entangle, step_after(pull_from))
         # A WatermarkedClassifier (not a Keras 3 base model), unless negatives are given a task class.
         free = (self.free_negatives(run.arch) and self.config.negative_class is None
                 and hasattr(model, "set_free_negatives"))
