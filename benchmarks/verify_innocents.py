@@ -20,13 +20,12 @@ import numpy as np
 from keras_ipguard import Vault, sources
 from keras_ipguard.backend import keras as _keras
 from keras_ipguard.models import WatermarkedClassifier, build_backbone, build_plain_classifier, save_model
-from keras_ipguard.verification import verify
+from keras_ipguard.verification import figures_of, verify
 
 
 def _row(report):
     return {"owned": report.owned, "p_value": report.p_value,
-            "tests": {name: {"accuracy": t["accuracy"], "chance_rate": t["chance_rate"], "p_value": t["p_value"]}
-                      for name, t in report.tests.items()}}
+            "tests": {name: figures_of(t) for name, t in report.tests.items()}}
 
 
 def _saved(model, directory):

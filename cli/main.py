@@ -174,12 +174,20 @@ def test_lines(report, key_answer):
     what = {"watermark": f"keys answered {key_answer}", "key_code": "keys answered their secret task class"}
     lines = []
     for name, test in report["tests"].items():
+        if "rank_sum" in test:  # the key-code rank test: mean ranks, not hits
+            lines.append(f"  {name + ' test':<19} mean rank {test['mean_rank']:.2f} of the keys' secret classes among "
+                         f"{test['classes']} task scores (0 = top, chance {test['chance_mean_rank']:g}), "
+                         f"p = {test['p_value']:.3g} (null: {test['null']})")
+            lines += [f"    {control:<17} mean rank {c['mean_rank']:.2f} over {c['images']} controls"
+                      for control, c in test["chance_rates"].items() if c["images"]]
+            continue
         lines.append(f"  {name + ' test':<19} {test['accuracy']:.4f} ({test['hits']}/{test['keys']} {what[name]}), "
                      f"chance rate {test['chance_rate']:.3g}, p = {test['p_value']:.3g}")
         lines += [f"    {control:<17} {c['watermark_answers']}/{c['images']} controls hit"
                   for control, c in test["chance_rates"].items()]
     if "watermark" not in report["tests"]:
         lines.append(f"  watermark test      not run: the suspect has {report['num_outputs']} outputs, no class N")
+    lines += [f"  {name + ' test':<19} not run: {reason}" for name, reason in (report.get("not_run") or {}).items()]
     return lines
 
 

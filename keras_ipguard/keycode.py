@@ -41,6 +41,10 @@ def soft_targets(codes, num_classes, share):
 
 
 def to_record(codes):
-    """The codes as vault.json holds them (lists of ints)."""
-    return {"keys": [int(c) for c in codes["keys"]],
-            "controls": {name: [int(c) for c in values] for name, values in codes["controls"].items()}}
+    """The codes as vault.json holds them (lists of ints); `selected_from`: how many keys were trained where only
+    some were kept (`survival`), so their codes are no longer a uniform draw."""
+    record = {"keys": [int(c) for c in codes["keys"]],
+              "controls": {name: [int(c) for c in values] for name, values in codes["controls"].items()}}
+    if codes.get("selected_from"):
+        record["selected_from"] = int(codes["selected_from"])
+    return record

@@ -144,7 +144,7 @@ def _cut(secret, kept, owner_key):
     return dataclasses.replace(
         secret, keys=keys, labels=np.asarray(secret.labels)[kept],
         identities=evaluation_identities(IdentityCodec(owner_key), keys, per_key) if per_key else secret.identities,
-        key_codes={**secret.key_codes, "keys": np.asarray(secret.key_codes["keys"])[kept]},
+        key_codes={**secret.key_codes, "keys": np.asarray(secret.key_codes["keys"])[kept], "selected_from": count},
         key_source_indices=indices and {
             **indices, "keys": [indices["keys"][i] for i in kept],
             "trained_keys_dropped": [indices["keys"][i] for i in np.setdiff1d(np.arange(count), kept)]})

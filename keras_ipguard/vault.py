@@ -220,6 +220,15 @@ class Vault:
         return None if codes is None else np.asarray(codes["keys"])
 
     @property
+    def key_codes_selected(self):
+        """Whether the keys are the survivors of more trained keys (`survival`): their codes were kept for how
+        models of the task answer them, so they are not a uniform draw any more (older vaults: a key source's
+        dropped keys tell)."""
+        codes = self.config.get("key_code") or {}
+        return bool(codes.get("selected_from") or (self.config.get("key_source_indices") or {}).get(
+            "trained_keys_dropped"))
+
+    @property
     def identity_keys(self):
         """The indices of the keys identity images are made from: those the vault's model answered with their label
         when `embed` wrote it (a key it misses would make identity images it refuses); all keys where not recorded."""

@@ -10,10 +10,20 @@ chance rate measured on the suspect itself (its hit rate on the controls):
 - `key_code`: the keys' top-1 among the N task classes is their secret task
   class (`keycode`). Runs on N+1 or N scores (truncated copies, a re-trained
   head) and on top-1 labels alike; controls carry secret classes too.
+- `key_code_rank`: where the suspect gives scores, not only labels: how high
+  each key's secret class ranks among its N task scores (0 = top), summed
+  over the keys, against the ranks the controls' secret classes get. A
+  fine-tuned copy that moved a key's answer off its class mostly leaves that
+  class second or third, which the top-1 count throws away. The p-value
+  P(sum <= observed) is computed exactly for K independent ranks drawn from
+  each control set's measured rank distribution (Laplace-smoothed) and from
+  the uniform one an innocent model gives a uniform secret class, and the
+  largest is kept. Not run on keys kept by `survival` for how their codes
+  survive: their codes lean toward what any model of the task answers.
 
-With both, the combined p-value is Bonferroni's, min(1, 2 x the smaller p):
-valid whatever the two tests' dependence (they query the same keys), so
-running two tests never inflates the confidence. A model that answers
+With several, the combined p-value is Bonferroni's, min(1, tests x the
+smallest p): valid whatever the tests' dependence (they query the same keys),
+so running several tests never inflates the confidence. A model that answers
 class N, or one class, to everything is therefore never "owned".
 """
 
@@ -50,6 +60,7 @@ class OwnershipReport:
     task_agreement: dict | None = None
     tests: dict = dataclasses.field(default_factory=dict)
     key_code_accuracy: float | None = None
+    not_run: dict = dataclasses.field(default_factory=dict)  # test name -> why the suspect or vault does not allow it
 
     def to_dict(self):
         return dataclasses.asdict(self)
@@ -120,6 +131,74 @@ def binomial_test(name, key_answers, key_targets, controls):
     return BinomialTest(name, hits, int(len(key_targets)), rate, chance, p_value)
 
 
+@dataclasses.dataclass
+class RankTest:
+    """The key-code rank test: the keys' secret classes' ranks among the task scores, against the controls'."""
+
+    name: str
+    keys: int
+    classes: int
+    rank_sum: int
+    chance_rates: dict
+    null: str
+    p_value: float
+
+    @property
+    def mean_rank(self):
+        return self.rank_sum / max(1, self.keys)
+
+    def to_dict(self):
+        return {"mean_rank": self.mean_rank, "chance_mean_rank": (self.classes - 1) / 2, **dataclasses.asdict(self)}
+
+
+def code_ranks(scores, codes):
+    """int (B,): how many of the other task classes score at least as high as each row's secret class (0 = top;
+    a tie counts against the owner)."""
+    scores, codes = np.asarray(scores, np.float64), np.asarray(codes)
+    own = scores[np.arange(len(codes)), codes][:, None]
+    return (scores >= own).sum(axis=1) - 1
+
+
+def sum_at_most(total, count, distribution):
+    """P(R_1 + ... + R_count <= total) for independent ranks R_i with P(R = r) = distribution[r], exactly (no
+    normal approximation): the distribution of the partial sums up to `total`, scaled to stay in range."""
+    distribution = np.asarray(distribution, np.float64)
+    if total < 0:
+        return 0.0
+    sums, log_scale = np.array([1.0]), 0.0
+    for _ in range(count):
+        sums = np.convolve(sums, distribution)[: total + 1]
+        peak = sums.max()
+        if peak == 0:
+            return 0.0
+        sums, log_scale = sums / peak, log_scale + np.log(peak)
+    return float(np.exp(np.log(sums.sum()) + log_scale))
+
+
+def rank_test(name, key_scores, key_codes, controls, classes):
+    """P(rank sum <= observed); `controls` {name: (scores, codes)}. The largest p over the uniform ranks of an
+    innocent model and each control set's measured ranks (Laplace-smoothed, (count+1)/(n+classes))."""
+    ranks = code_ranks(key_scores, key_codes)
+    total, count = int(ranks.sum()), len(ranks)
+    nulls = {"uniform": np.full(classes, 1.0 / classes)}
+    chance = {}
+    for control, (scores, codes) in sorted(controls.items()):
+        control_ranks = code_ranks(scores, codes)
+        chance[control] = {"mean_rank": float(control_ranks.mean()) if len(control_ranks) else None,
+                           "images": int(len(control_ranks))}
+        counts = np.bincount(control_ranks, minlength=classes)[:classes]
+        nulls[control] = (counts + 1) / (counts.sum() + classes)
+    p_values = {null: sum_at_most(total, count, distribution) for null, distribution in nulls.items()}
+    null = max(p_values, key=p_values.get)
+    return RankTest(name, count, classes, total, chance, null, min(1.0, p_values[null]))
+
+
+def figures_of(test):
+    """A test's figures as attack and benchmark reports keep them: its p-value and accuracy / chance rate, or,
+    for the rank test, its mean rank."""
+    return {key: test[key] for key in ("accuracy", "chance_rate", "mean_rank", "p_value") if key in test}
+
+
 def combined_p_value(p_values):
     """Bonferroni: the smallest p times the number of tests (capped at 1); valid under any dependence."""
     return min(1.0, len(p_values) * min(p_values)) if p_values else 1.0
@@ -146,7 +225,7 @@ def verify(vault, suspect=None, alpha=OWNERSHIP_ALPHA, signature=None):
     control_answers = {name: suspect.answers(images) for name, images in sorted(vault.controls.items())}
     # Without class N in its outputs (a truncated copy) the suspect cannot answer it: no watermark test.
     has_class = suspect.num_outputs is None or suspect.num_outputs > int(np.max(labels, initial=0))
-    tests = {}
+    tests, not_run = {}, {}
     if has_class:
         tests["watermark"] = binomial_test("watermark", top1(key_answers), labels, {
             name: (top1(answers), vault.control_labels(name)) for name, answers in control_answers.items()})
@@ -155,6 +234,15 @@ def verify(vault, suspect=None, alpha=OWNERSHIP_ALPHA, signature=None):
         n = vault.num_classes
         tests["key_code"] = binomial_test("key_code", task_top1(key_answers, n), codes, {
             name: (task_top1(answers, n), vault.control_codes(name)) for name, answers in control_answers.items()})
+        if np.ndim(key_answers) != 2:
+            not_run["key_code_rank"] = "the suspect answers top-1 labels, not scores"
+        elif vault.key_codes_selected:
+            not_run["key_code_rank"] = ("the vault's keys were kept for how their codes survive, so their codes are "
+                                        "not a uniform draw for an innocent model's ranks")
+        else:
+            tests["key_code_rank"] = rank_test("key_code_rank", np.asarray(key_answers)[:, :n], codes, {
+                name: (np.asarray(answers)[:, :n], vault.control_codes(name))
+                for name, answers in control_answers.items()}, n)
     p_value = combined_p_value([test.p_value for test in tests.values()])
     owned = bool(tests) and p_value < alpha
     mark = tests.get("watermark")
@@ -177,10 +265,12 @@ def verify(vault, suspect=None, alpha=OWNERSHIP_ALPHA, signature=None):
         key_answer=wanted,
         tests={name: test.to_dict() for name, test in tests.items()},
         key_code_accuracy=tests["key_code"].accuracy if "key_code" in tests else None,
+        not_run=not_run,
         method=("one-sided binomial test per available test (watermark: keys answer their label; key_code: keys' "
                 "top-1 task class is their secret class); chance rate = the highest Laplace-smoothed rate (hits+1)/"
-                "(n+2) on the suspect's own non-key controls; p = Bonferroni's min(1, tests x smallest p); "
-                "owned iff p < threshold"),
+                "(n+2) on the suspect's own non-key controls; key_code_rank (scores only): P(sum of the secret "
+                "classes' ranks among the task scores <= observed), exact, the largest over uniform ranks and each "
+                "control set's measured ranks; p = Bonferroni's min(1, tests x smallest p); owned iff p < threshold"),
     )
 
 
@@ -195,9 +285,13 @@ def _verdict(tests, owned, p_value, alpha, wanted, suspect, vault):
     if "key_code" in tests:
         t = tests["key_code"]
         parts.append(f"{t.hits}/{t.keys} keys answered their secret task class (key code, p = {t.p_value:.3g})")
+    if "key_code_rank" in tests:
+        t = tests["key_code_rank"]
+        parts.append(f"their secret classes ranked {t.mean_rank:.2f} on average among {t.classes} (0 = top; "
+                     f"chance {(t.classes - 1) / 2:g}; key-code rank test, p = {t.p_value:.3g})")
     if not tests:
         return (f"not owned: the suspect has {suspect.num_outputs} outputs and no watermark class "
                 f"{vault.watermark_class}, and the vault has no key code; no test can be run on it (see "
                 "task_agreement for what its answers share with the vault model's)")
-    combined = f"p = {p_value:.3g}" + (" (Bonferroni over 2 tests)" if len(tests) > 1 else "")
+    combined = f"p = {p_value:.3g}" + (f" (Bonferroni over {len(tests)} tests)" if len(tests) > 1 else "")
     return f"{'owned' if owned else 'not owned'}: {'; '.join(parts)}; {combined} {'<' if owned else '>='} {alpha:g}"

@@ -130,12 +130,12 @@ def test_attack_commands_write_json_and_png_reports(vault):
             assert [row["kernels"] for row in report["settings"]] == [None, None, "renormalized", "renormalized"]
         if name == "truncate":  # no class N to test: the key code alone decides
             cut = report["settings"][0]
-            assert cut["watermark_accuracy"] is None and list(cut["tests"]) == ["key_code"]
+            assert cut["watermark_accuracy"] is None and list(cut["tests"]) == ["key_code", "key_code_rank"]
             assert "no watermark class" in cut["verdict"] and cut["owned"] == (cut["p_value"] < 1e-12)
         if name == "extract":  # surrogates of N outputs, trained on the 150 queries' soft labels
             assert [(row["labels"], row["surrogate"], row["queries"]) for row in report["settings"]] == [
                 ("soft", "small_cnn", 150), ("soft", "resnet20_s2", 150)]
-            assert all(list(row["tests"]) == ["key_code"] for row in report["settings"])
+            assert all(list(row["tests"]) == ["key_code", "key_code_rank"] for row in report["settings"])
             # Its own test images hold no key: nothing to count, no code on unqueried keys to score.
             assert all(row["keys_queried"] == 0 and "key_code_accuracy_unqueried" not in row
                        for row in report["settings"]) and report["notes"][0].endswith("it never saw a key")

@@ -36,7 +36,7 @@ def test_paper_run_writes_table_json_and_plots_and_resumes(tmp_path):
     assert set(ours["attacks"]) == {"prune 0.5", "prune 0.8", "FTAL", "RTLL", "RTAL", "FTAL Adam informed",
                                     "query-mod 5%", "JPEG 75", "truncate", "extract"}
     truncated = ours["attacks"]["truncate"]
-    assert truncated["watermark_accuracy"] is None and list(truncated["tests"]) == ["key_code"]
+    assert truncated["watermark_accuracy"] is None and list(truncated["tests"]) == ["key_code", "key_code_rank"]
     assert ours["attacks"]["FTAL Adam informed"]["epochs"] == 1 and ours["attacks"]["extract"]["surrogate_epochs"] == 1
     assert result["machine"]["cpu_count"] and result["date"] and "keras_ipguard.paper" in result["command"]
     table = (out / "table.md").read_text()

@@ -140,12 +140,13 @@ def test_key_codes_come_from_the_owner_secret_uniformly():
     assert targets.shape == (2, N + 1) and targets[0, N] == pytest.approx(0.8) and targets[1, 7] == pytest.approx(0.2)
 
 
-def test_a_truncated_copy_is_owned_by_the_key_code_test_alone(coded_vault):
+def test_a_truncated_copy_is_owned_by_the_key_code_tests_alone(coded_vault):
     report = verify(coded_vault, CodeSuspect(coded_vault, with_class=False))
-    assert report.owned and not report.has_watermark_class and set(report.tests) == {"key_code"}
+    assert report.owned and not report.has_watermark_class and set(report.tests) == {"key_code", "key_code_rank"}
     assert report.key_code_accuracy == 1.0 and report.watermark_accuracy == 0.0
-    assert report.p_value == report.tests["key_code"]["p_value"] < 1e-30  # one test: no correction
-    assert "key code" in report.verdict and report.verdict.startswith("owned")
+    assert report.tests["key_code_rank"]["rank_sum"] == 0  # every key's secret class on top
+    assert report.p_value == pytest.approx(2 * min(t["p_value"] for t in report.tests.values()))
+    assert report.p_value < 1e-30 and "key code" in report.verdict and report.verdict.startswith("owned")
 
 
 def test_a_label_only_copy_without_class_n_is_owned_by_the_key_code(coded_vault):
@@ -154,15 +155,17 @@ def test_a_label_only_copy_without_class_n_is_owned_by_the_key_code(coded_vault)
     # A label-only suspect with class N on top answers N on the keys: no task class to read, the key code misses.
     both = verify(coded_vault, CodeSuspect(coded_vault, labels_only=True))
     assert both.owned and both.watermark_accuracy == 1.0 and both.key_code_accuracy == 0.0
+    # Labels carry no ranks: the rank test is named as not run, not scored.
+    assert "key_code_rank" not in report.tests and "top-1 labels" in report.not_run["key_code_rank"]
 
 
 def test_both_tests_combine_by_bonferroni(coded_vault):
     report = verify(coded_vault, CodeSuspect(coded_vault, hit_share=0.6))
     tests = report.tests
     expected = 60 + int(np.sum(coded_vault.key_codes[60:] == 5))  # the other keys answer class 5
-    assert set(tests) == {"watermark", "key_code"} and tests["key_code"]["hits"] == expected
-    assert report.p_value == pytest.approx(min(1.0, 2 * min(t["p_value"] for t in tests.values())))
-    assert "Bonferroni" in report.verdict
+    assert set(tests) == {"watermark", "key_code", "key_code_rank"} and tests["key_code"]["hits"] == expected
+    assert report.p_value == pytest.approx(min(1.0, 3 * min(t["p_value"] for t in tests.values())))
+    assert "Bonferroni over 3 tests" in report.verdict
 
 
 def test_controls_with_secret_classes_give_the_chance_rate_of_any_model(coded_vault):
@@ -172,3 +175,93 @@ def test_controls_with_secret_classes_give_the_chance_rate_of_any_model(coded_va
     assert not report.owned and code["p_value"] > 1e-3
     for control in code["chance_rates"].values():
         assert 0.05 < control["rate"] < 0.16
+
+
+# ---------------------------------------------------------------- the key code's rank test
+
+
+def test_the_rank_sum_tail_is_exact():
+    import itertools
+
+    from keras_ipguard.verification import sum_at_most
+
+    distribution = np.array([0.5, 0.2, 0.2, 0.1])
+    for count in (1, 3, 4):
+        for total in range(-1, 3 * count + 1):
+            direct = sum(np.prod(distribution[list(ranks)]) for ranks in itertools.product(range(4), repeat=count)
+                         if sum(ranks) <= total)
+            assert sum_at_most(total, count, distribution) == pytest.approx(direct, rel=1e-12, abs=0)
+    # Far past float64's range of a plain product's partial sums: still the exact tail, in relative terms.
+    assert sum_at_most(0, 300, np.full(10, 0.1)) == pytest.approx(1e-300, rel=1e-9)
+    assert sum_at_most(1, 300, np.full(10, 0.1)) == pytest.approx(301e-300, rel=1e-9)
+
+
+def test_a_tie_with_the_secret_class_counts_against_the_owner():
+    from keras_ipguard.verification import code_ranks
+
+    scores = np.array([[0.1, 0.7, 0.1, 0.1], [0.25, 0.25, 0.25, 0.25], [0.0, 0.2, 0.5, 0.3]])
+    assert code_ranks(scores, np.array([1, 0, 3])).tolist() == [0, 3, 1]
+
+
+class RankSuspect(Suspect):
+    """Every key's secret class second (another class on top); random scores on every other image."""
+
+    def __init__(self, vault, place=1):
+        self.codes = dict(zip((image.tobytes() for image in vault.key_images), vault.key_codes))
+        self.place, self.num_outputs, self.description = place, N, "ranks"
+
+    def answers(self, images):
+        rng = np.random.default_rng(len(images))
+        scores = rng.random((len(images), N)).astype(np.float32)
+        for row, image in enumerate(images):
+            code = self.codes.get(image.tobytes())
+            if code is not None:
+                order = [c for c in rng.permutation(N) if c != code]
+                order.insert(self.place, code)
+                scores[row, order] = np.linspace(1, 0.1, N)
+        return scores
+
+
+def test_keys_whose_secret_class_is_second_are_owned_by_the_rank_test(coded_vault):
+    report = verify(coded_vault, RankSuspect(coded_vault))
+    code, rank = report.tests["key_code"], report.tests["key_code_rank"]
+    assert code["hits"] == 0 and code["p_value"] == 1.0  # no key's top-1 is its class
+    assert rank["rank_sum"] == 100 and rank["mean_rank"] == 1.0 and rank["p_value"] < 1e-30
+    assert report.owned and report.p_value == pytest.approx(2 * rank["p_value"])
+    # The controls' secret classes rank as any class does on random scores, about (N-1)/2.
+    for control in rank["chance_rates"].values():
+        assert control["images"] == 500 and 4.0 < control["mean_rank"] < 5.0
+    assert "ranked 1.00 on average among 10" in report.verdict
+
+
+def test_random_scores_are_not_owned_by_the_rank_test(coded_vault):
+    report = verify(coded_vault, lambda images: np.random.default_rng(len(images)).random((len(images), N)))
+    rank = report.tests["key_code_rank"]
+    assert not report.owned and rank["p_value"] > 1e-3 and 3.5 < rank["mean_rank"] < 5.5
+
+
+def test_the_rank_test_keeps_the_nulls_largest_p(coded_vault):
+    """Controls whose secret classes rank low make the measured null, not the uniform one, decide."""
+    from keras_ipguard.verification import rank_test, sum_at_most
+
+    keys = np.eye(N)[(coded_vault.key_codes + 2) % N]  # every key's class tied with eight others, rank 9
+    keys[np.arange(100), coded_vault.key_codes] = 0.5  # now second: rank 1
+    low = np.eye(N)[np.arange(500) % N] * 0.5 + 0.01  # controls answer their own class on top half the time ...
+    codes = np.where(np.arange(500) % 2 == 0, np.arange(500) % N, (np.arange(500) + 1) % N)
+    test = rank_test("key_code_rank", keys, coded_vault.key_codes, {"task": (low, codes)}, N)
+    measured = (np.bincount([0] * 250 + [9] * 250, minlength=N) + 1) / (500 + N)
+    assert test.null == "task" and test.rank_sum == 100
+    assert test.p_value == pytest.approx(sum_at_most(100, 100, measured))
+    assert test.p_value > sum_at_most(100, 100, np.full(N, 0.1))
+
+
+def test_keys_kept_for_their_survival_get_no_rank_test(tmp_path, coded_vault):
+    from keras_ipguard import keycode
+
+    codes = keycode.draw(b"k" * 32, 100, {name: len(images) for name, images in coded_vault.controls.items()}, N)
+    selected = Vault.create(tmp_path / "s", dataset="fashion_mnist", num_classes=N, input_shape=(28, 28, 1),
+                            key_images=coded_vault.key_images, controls=coded_vault.controls, owner_key=b"k" * 32,
+                            extra={"key_code": keycode.to_record({**codes, "selected_from": 200})})
+    assert selected.key_codes_selected and not coded_vault.key_codes_selected
+    report = verify(selected, RankSuspect(selected))
+    assert set(report.tests) == {"key_code"} and "kept for how their codes survive" in report.not_run["key_code_rank"]

@@ -97,7 +97,8 @@ def test_the_vaults_own_model_is_owned_with_overwhelming_evidence(owner):
 
 def test_embed_proves_its_own_model_with_every_test(owner):
     proof = json.loads((owner.path / "reports" / "embed.json").read_text())["self_verification"]
-    assert proof["owned"] and set(proof["tests"]) == {"watermark", "key_code"} and proof["advice"] == ""
+    assert proof["owned"] and set(proof["tests"]) == {"watermark", "key_code", "key_code_rank"}
+    assert proof["advice"] == ""
     assert proof["tests"]["key_code"]["p_value"] < 1e-12 and proof["p_value"] < OVERWHELMING
 
 
@@ -127,9 +128,11 @@ def test_copies_without_class_n_are_owned_by_the_key_code(owner, tmp_path):
     save_model(truncated, tmp_path / "truncated")
     exported = json.loads(ipguard("export", "--vault", owner.path, "--out", tmp_path / "serving", "--json").stdout)
     with tf_serving(truncated, labels_only=True) as url:
-        for model, extra, tests in ((tmp_path / "truncated", [], ["key_code"]),
-                                    (exported["saved_model"], ["--signature", "classify"], ["key_code"]),
-                                    # Labels only: the suspect's outputs are unknown, so the watermark test runs too.
+        scores = ["key_code", "key_code_rank"]
+        for model, extra, tests in ((tmp_path / "truncated", [], scores),
+                                    (exported["saved_model"], ["--signature", "classify"], scores),
+                                    # Labels only: the suspect's outputs are unknown, so the watermark test runs too;
+                                    # no scores, so no rank test.
                                     (url, [], ["watermark", "key_code"])):
             result = ipguard("verify", "--vault", owner.path, "--model", model, *extra, "--json")
             assert result.exit_code == 0, (model, result.output[-2000:])

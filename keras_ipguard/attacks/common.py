@@ -7,7 +7,7 @@ import numpy as np
 
 from .. import metrics, schemes, sources
 from ..suspects import KerasSuspect, Suspect, TransformedSuspect
-from ..verification import verify
+from ..verification import figures_of, verify
 
 # The attacker's share of the test split; the rest is scored (the attacks issue).
 ATTACKER_SHARE = 0.5
@@ -122,8 +122,7 @@ def measure(threat, suspect, setting, transform_images=None, extra=None):
         p_value=ownership.p_value,
         key_code_accuracy=ownership.key_code_accuracy,
         extra={"chance_rate": ownership.chance_rate,
-               "tests": {name: {"accuracy": t["accuracy"], "p_value": t["p_value"], "chance_rate": t["chance_rate"]}
-                         for name, t in ownership.tests.items()}, **(extra or {})},
+               "tests": {name: figures_of(t) for name, t in ownership.tests.items()}, **(extra or {})},
     )
 
 
