@@ -7,7 +7,8 @@ For each vault: fine-tunes its model (FTAL by default, the attacks issue's
 settings) once per seed 0..S-1 (Keras seed F+s, F = --first-seed, default
 100: shuffling, dropout, and for RTLL / RTAL the new last layer's weights)
 and prints the watermark accuracy of each run, and its key-code accuracy
-where the vault has a key code, their means and minima. With
+where the vault has a key code, their means and minima, with each
+verification test's figures and p-value. With
 --layers it then takes the run that kept the fewest keys and, one layer at a time,
 puts back that layer's original weights, printing the watermark accuracy
 that results and how far each weight moved (mean |dw| against mean |w|): the
@@ -96,7 +97,7 @@ def main(argv=None):
             if args.per_key and vault.key_codes is not None:
                 kept.append(task_classes(tuned, vault.key_images, vault.num_classes) == np.asarray(vault.key_codes))
             runs.append({k: figures[k] for k in ("seed", "clean_accuracy", "watermark_accuracy", "key_code_accuracy",
-                                                 "owned", "p_value")})
+                                                 "owned", "p_value", "tests")})
             if worst is None or figures["watermark_accuracy"] < worst[0]:
                 worst = (figures["watermark_accuracy"], tuned)
             print(json.dumps({"vault": path, **runs[-1]}), flush=True)
