@@ -16,6 +16,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -264,7 +265,12 @@ class EmbedRun:
         self.examples += examples
 
     def _fit(self, model, pipeline, epochs, learning_rate, backup, callbacks=(), warm_restarts=True):
-        """Trains `model` in the run's `lr_cycles`; with `warm_restarts` False in one cosine decay."""
+        """Trains `model` in the run's `lr_cycles`; with `warm_restarts` False in one cosine decay.
+
+        Keras' epoch checkpoint (`backup`) is deleted when the fit ends, so the finished weights are kept in the
+        work directory too: a run interrupted after this fit (by the survival rounds, the baseline, writing the
+        vault) loads them on `--resume` instead of training again. Not for a fit with callbacks (they report
+        what they saw while training) or in a multi-worker run (its workers save collectively)."""
         from .callbacks import StopOnNaN
 
         keras = keras_of(model)
@@ -274,6 +280,13 @@ class EmbedRun:
             compile_model(model, self.recipe, learning_rate, steps * epochs, cycles, self.options.lr_cycle_growth)
             if not self.multi_worker:  # a DatasetCreator has no element spec to build from
                 batches.prepared(model, dataset.element_spec)
+        finished = None if callbacks or self.multi_worker else self.work / f"{backup}-finished"
+        if finished is not None and (finished / "fit.json").is_file():
+            model.load_weights(finished / "model.weights.h5")
+            fit = json.loads((finished / "fit.json").read_text())
+            print(f"resumed: the {backup} fit had finished ({fit['epochs']} epochs); its weights loaded, not trained "
+                  "again", file=sys.stderr, flush=True)
+            return fit["seconds"], fit["examples"]
         nan_guard = StopOnNaN()
         start = time.perf_counter()
         # Keras prints its progress bar on stdout; keep stdout for results (--json).
@@ -287,7 +300,16 @@ class EmbedRun:
             epoch, batch = nan_guard.failed_at
             raise IPGuardError(f"training diverged: the loss became NaN at epoch {epoch}, batch {batch}; "
                                "lower --learning-rate or check the data (nothing was written)")
-        return seconds, steps * len(history.epoch) * self.global_batch
+        examples = steps * len(history.epoch) * self.global_batch
+        if finished is not None:  # complete or absent: fit.json is written last, in a folder renamed into place
+            partial = finished.with_name(finished.name + ".partial")
+            shutil.rmtree(partial, ignore_errors=True)
+            partial.mkdir()
+            model.save_weights(partial / "model.weights.h5")
+            (partial / "fit.json").write_text(json.dumps({"epochs": epochs, "seconds": seconds, "examples": examples}))
+            shutil.rmtree(finished, ignore_errors=True)
+            partial.rename(finished)
+        return seconds, examples
 
     def classify(self, model):
         """A callable mapping a uint8 batch to `model`'s top-1 class ids."""

@@ -1,9 +1,10 @@
 """The checkpoint directory of an unfinished `embed` run, beside its vault.
 
 `VAULT/../.VAULT.embed-work/` holds the run's owner secret, its options, the
-key set it chose and Keras' epoch checkpoints, so `--resume` continues an
-interrupted run with the same secret and keys; it is removed once the vault
-is written.
+key set it chose, Keras' epoch checkpoints and each finished fit's weights
+(`EmbedRun._fit`), so `--resume` continues an interrupted run with the same
+secret and keys, and does not train again what had finished; it is removed
+once the vault is written.
 """
 
 import json

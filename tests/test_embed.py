@@ -211,6 +211,39 @@ def test_training_runs_on_two_replicas_with_a_scaled_global_batch(tmp_path):
 
 
 @pytest.mark.slow
+def test_an_embed_that_fails_after_training_resumes_without_training_again(tmp_path, monkeypatch):
+    """Keras deletes its epoch checkpoint when a fit ends: the finished weights are kept, and `--resume` loads them."""
+    from keras_ipguard import embedding
+    from keras_ipguard.backend import keras as _keras
+
+    out = tmp_path / "v"
+    args = ["embed", *QUICK, "--max-train-examples", "1000", "--epochs", "2", "--any-keys", "--baseline", "--out", out]
+
+    first = {}
+
+    def disk_full(out, run, scheme, secret, model, report, force):
+        first.update(report)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(embedding, "_write_vault", disk_full)
+    failed = ipguard(*args)
+    assert failed.exit_code != 0 and not out.exists()
+    work = tmp_path / ".v.embed-work"
+    assert (work / "backup-finished" / "fit.json").is_file() and (work / "backup-baseline-finished").is_dir()
+    monkeypatch.undo()
+    keras, fits = _keras(), []
+    monkeypatch.setattr(keras.Model, "fit", lambda *a, **k: fits.append(a))  # any training would show here
+    resumed = ipguard(*args, "--resume", "--json")
+    assert resumed.exit_code == 0, resumed.output[-3000:]
+    assert fits == [] and resumed.output.count("fit had finished") == 2  # the watermarked model and the baseline
+    report = json.loads(resumed.stdout)
+    # The same trained weights: the same figures as the attempt that failed (a run this short learns little).
+    for figure in ("clean_accuracy", "watermark_accuracy", "baseline_clean_accuracy", "train_seconds"):
+        assert report[figure] == first[figure], figure
+    assert not work.exists()
+
+
+@pytest.mark.slow
 def test_interrupted_embed_resumes_from_its_last_epoch(tmp_path):
     out = tmp_path / "v"
     # Checkpoints under test, not key stealth or accuracy: uniform keys, a sixth of QUICK's images (4 s sooner

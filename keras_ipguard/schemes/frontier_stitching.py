@@ -104,12 +104,7 @@ class FrontierStitching(Scheme):
     def train(self, run, model):
         from ..callbacks import StopWhenKeysLearnt
 
-        pretrained = run.work / "pretrained.weights.h5"  # the plain phase survives an interruption of stitching
-        if pretrained.is_file():
-            model.load_weights(pretrained)
-        else:
-            run.fit(model, run.pipeline(self))
-            model.save_weights(pretrained)
+        run.fit(model, run.pipeline(self))  # kept once finished: an interruption of stitching does not redo it
         run.baseline_accuracy = run.accuracy(model)
         batches = run.train.dataset(run.secret_seed % 2**31).batch(_POOL).as_numpy_iterator()
         secret = frontier_triggers(model, batches, run.options.keys, self.config.epsilon)
