@@ -75,9 +75,10 @@ def main():
     rows["innocents"] = innocents
     rows["innocent_count"] = len(innocents)
     rows["smallest_innocent_p_value"] = min(row["p_value"] for row in innocents.values())
+    tests = sorted({test for row in innocents.values() for test in row["tests"]})
     rows["smallest_innocent_p_value_per_test"] = {
         test: min(row["tests"][test]["p_value"] for row in innocents.values() if test in row["tests"])
-        for test in ("watermark", "key_code")}
+        for test in tests}
     rows["innocents_owned"] = sum(row["owned"] for row in innocents.values())
     print(json.dumps(rows, indent=2))
 
