@@ -153,10 +153,10 @@ class RankTest:
 
 def code_ranks(scores, codes):
     """int (B,): how many of the other task classes score at least as high as each row's secret class (0 = top;
-    a tie counts against the owner)."""
+    a tie counts against the owner, and so does a NaN: a row whose secret class scores NaN ranks last)."""
     scores, codes = np.asarray(scores, np.float64), np.asarray(codes)
     own = scores[np.arange(len(codes)), codes][:, None]
-    return (scores >= own).sum(axis=1) - 1
+    return ((scores >= own) | np.isnan(scores) | np.isnan(own)).sum(axis=1) - 1
 
 
 def sum_at_most(total, count, distribution):

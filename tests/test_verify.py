@@ -201,6 +201,9 @@ def test_a_tie_with_the_secret_class_counts_against_the_owner():
 
     scores = np.array([[0.1, 0.7, 0.1, 0.1], [0.25, 0.25, 0.25, 0.25], [0.0, 0.2, 0.5, 0.3]])
     assert code_ranks(scores, np.array([1, 0, 3])).tolist() == [0, 3, 1]
+    # A collapsed model's NaN scores never rank a secret class high (a NaN compares as False).
+    broken = np.array([[np.nan] * 4, [0.1, np.nan, 0.7, 0.2], [0.1, np.nan, 0.7, 0.2]])
+    assert code_ranks(broken, np.array([2, 2, 0])).tolist() == [3, 1, 3]
 
 
 class RankSuspect(Suspect):
