@@ -217,7 +217,7 @@ def test_an_embed_that_fails_after_training_resumes_without_training_again(tmp_p
     from keras_ipguard.backend import keras as _keras
 
     out = tmp_path / "v"
-    args = ["embed", *QUICK, "--max-train-examples", "1000", "--epochs", "2", "--any-keys", "--baseline", "--out", out]
+    args = ["embed", *QUICK, "--max-train-examples", "500", "--epochs", "1", "--any-keys", "--baseline", "--out", out]
 
     first = {}
 
