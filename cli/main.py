@@ -177,7 +177,8 @@ def test_lines(report, key_answer):
         if "rank_sum" in test:  # the key-code rank test: mean ranks, not hits
             lines.append(f"  {name + ' test':<19} mean rank {test['mean_rank']:.2f} of the keys' secret classes among "
                          f"{test['classes']} task scores (0 = top, chance {test['chance_mean_rank']:g}), "
-                         f"p = {test['p_value']:.3g} (null: {test['null']})")
+                         f"p = {test['p_value']:.3g} (the most cautious null: "
+                         f"{'uniform ranks' if test['null'] == 'uniform' else 'the ' + test['null'] + ' controls'})")
             lines += [f"    {control:<17} mean rank {c['mean_rank']:.2f} over {c['images']} controls"
                       for control, c in test["chance_rates"].items() if c["images"]]
             continue

@@ -173,3 +173,18 @@ def test_options_and_defaults_come_from_the_library_and_experiments_stay_in_pyth
     assert run("embed", "--dataset", "mnist", "--key-jitter", "--out", "v").exit_code == 2
     finetune_help = " ".join(run("attack", "finetune", "--help").output.split())
     assert "default: FTLL,FTAL,RTLL,RTAL" in finetune_help and "[sgd|adam]" in finetune_help
+
+
+def test_verify_prints_the_rank_test_and_what_did_not_run():
+    from keras_ipguard_cli import main as cli_main  # its test_lines is no test of ours
+
+    rank = {"mean_rank": 1.78, "chance_mean_rank": 4.5, "classes": 10, "rank_sum": 178, "p_value": 6.7e-22,
+            "null": "task", "keys": 100, "chance_rates": {"key_source": {"mean_rank": 4.64, "images": 125},
+                                                          "empty": {"mean_rank": None, "images": 0}}}
+    lines = cli_main.test_lines({"tests": {"key_code_rank": rank}, "num_outputs": 10,
+                                 "not_run": {"watermark_x": "because"}}, "class 10")
+    assert lines[0] == ("  key_code_rank test  mean rank 1.78 of the keys' secret classes among 10 task scores "
+                        "(0 = top, chance 4.5), p = 6.7e-22 (the most cautious null: the task controls)")
+    assert lines[1] == "    key_source        mean rank 4.64 over 125 controls"  # an empty control set: no line
+    assert lines[2].endswith("not run: the suspect has 10 outputs, no class N")
+    assert lines[3] == "  watermark_x test    not run: because"
