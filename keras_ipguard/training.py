@@ -284,8 +284,9 @@ class EmbedRun:
         if finished is not None and (finished / "fit.json").is_file():
             model.load_weights(finished / "model.weights.h5")
             fit = json.loads((finished / "fit.json").read_text())
-            print(f"resumed: the {backup} fit had finished ({fit['epochs']} epochs); its weights loaded, not trained "
-                  "again", file=sys.stderr, flush=True)
+            if self.options.verbose:  # as the survival rounds log: quiet runs stay quiet
+                print(f"resumed: the {backup} fit had finished ({fit['epochs']} epochs); its weights loaded, not "
+                      "trained again", file=sys.stderr, flush=True)
             return fit["seconds"], fit["examples"]
         nan_guard = StopOnNaN()
         start = time.perf_counter()
