@@ -158,7 +158,10 @@ def verify(vault_path, model, signature, as_json):
 
     Runs every test the suspect's answers allow: the watermark test (keys
     answer class N) and the key-code test (keys' top-1 task class is their
-    secret class; it needs no class N), combined by Bonferroni.
+    secret class; it needs no class N), the key-code rank test where it
+    gives scores, and, where `ipguard serve --mark-rate` marked answers, the
+    served-marks test (a copy trained on the gateway's answers), combined by
+    Bonferroni.
     """
     from keras_ipguard.verification import verify as run_verify
 
@@ -181,6 +184,13 @@ def test_lines(report, key_answer):
                          f"{'uniform ranks' if test['null'] == 'uniform' else 'the ' + test['null'] + ' controls'})")
             lines += [f"    {control:<17} mean rank {c['mean_rank']:.2f} over {c['images']} controls"
                       for control, c in test["chance_rates"].items() if c["images"]]
+            continue
+        if name == "served_marks":  # the gateway's marked answers: no controls, an exact chance rate
+            lines.append(f"  {name + ' test':<19} {test['hits']}/{test['keys']} of the marked images it answers "
+                         f"otherwise than the model got the gateway's mark ({test['marks']} recorded), chance rate "
+                         f"{test['chance_rate']:.3g}, p = {test['p_value']:.3g}")
+            lines += [f"    user {user:<12} {u['hits']}/{u['other_answers']} of {u['marks']} marks"
+                      for user, u in sorted(test["by_user"].items(), key=lambda item: -item[1]["hits"])]
             continue
         lines.append(f"  {name + ' test':<19} {test['accuracy']:.4f} ({test['hits']}/{test['keys']} {what[name]}), "
                      f"chance rate {test['chance_rate']:.3g}, p = {test['p_value']:.3g}")
@@ -355,7 +365,11 @@ def users_usage(vault_path, as_json):
               help="Seconds a licence token stays valid.")
 @click.option("--rate", type=click.FloatRange(min=0, min_open=True),
               help="Per-user limit in prediction requests per second [default: none].")
-def serve(vault_path, model, upstream, host, port, name, token_ttl, rate):
+@click.option("--mark-rate", type=click.FloatRange(min=0, max=1), default=0, show_default=True,
+              help="Answer this fraction of images with a keyed wrong class, recorded in the vault, so that a "
+              "copy trained on the answers (extraction) is proven by `verify` (served marks). Each licensed "
+              "user gets that share of wrong answers; 0.01-0.02 is typical.")
+def serve(vault_path, model, upstream, host, port, name, token_ttl, rate, mark_rate):
     """Serve the model to licensed users only: TF Serving's REST API behind an identity-image licence check.
 
     POST an identity image to /v1/licences for a bearer token, then
@@ -366,12 +380,15 @@ def serve(vault_path, model, upstream, host, port, name, token_ttl, rate):
     from keras_ipguard.serve import open_gateway, run
 
     gateway = open_gateway(Vault.open(vault_path), model=model, upstream=upstream, name=name,
-                           token_ttl=token_ttl, rate=rate)
+                           token_ttl=token_ttl, rate=rate, mark_rate=mark_rate or None)
     shown = f"[{host}]" if ":" in host else host
 
     def ready(bound):
         click.echo(f"serving {gateway.name} ({gateway.backend.description}) at http://{shown}:{bound}/v1/models/"
                    f"{gateway.name}", err=True)
+        if gateway.marks is not None:
+            click.echo(f"marking {mark_rate:g} of the answers (served marks, recorded in "
+                       f"{gateway.vault.registry.path})", err=True)
         click.echo(f"owner's page: http://{shown}:{bound}/admin?token={gateway.admin_token}", err=True)
 
     run(gateway, host=host, port=port, on_ready=ready)

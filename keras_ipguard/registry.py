@@ -40,6 +40,21 @@ CREATE TABLE audit (
 );
 CREATE INDEX audit_user ON audit (user_id);
 """
+# Answers the gateway marked (`served_marks`), made on the first mark: a registry without it has none, and older
+# keras-ipguard versions read a registry with it as before.
+_MARKS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS served_marks (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at REAL NOT NULL,
+    user_id INTEGER,
+    user_name TEXT,
+    fingerprint TEXT NOT NULL,
+    model_class INTEGER NOT NULL,
+    served_class INTEGER NOT NULL,
+    pixels BLOB NOT NULL,
+    UNIQUE (fingerprint, user_id)
+)
+"""
 
 
 def iso_time(seconds):
@@ -223,11 +238,25 @@ class UserRegistry:
                 found.update((row["id"], _user(row)) for row in db.execute(query, chunk))
         return found
 
-    def log_many(self, events):
-        """Appends (event, user_id, user_name, outcome, reason, detail) rows in one transaction."""
+    def log_many(self, events, marks=()):
+        """Appends (event, user_id, user_name, outcome, reason, detail) rows, and the gateway's marked answers
+        (at, user_id, user_name, fingerprint, model_class, served_class, pixels; an image a user asked about again
+        is kept once), in one transaction."""
         with self._transaction() as db:
             for event in events:
                 _log(db, *event)
+            if marks:
+                db.execute(_MARKS_SCHEMA)
+                db.executemany("INSERT OR IGNORE INTO served_marks (at, user_id, user_name, fingerprint, model_class, "
+                               "served_class, pixels) VALUES (?, ?, ?, ?, ?, ?, ?)", marks)
+
+    def served_marks(self):
+        """The gateway's marked answers, oldest first (rows as dicts; none where it never marked one)."""
+        with self._transaction(write=False) as db:
+            if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'served_marks'").fetchone() \
+                    is None:
+                return []
+            return [dict(row) for row in db.execute("SELECT * FROM served_marks ORDER BY id")]
 
     def usage(self):
         """Per user id: gateway predictions served (`requests`, `images`), refused, licences and last seen."""

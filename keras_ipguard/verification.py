@@ -20,6 +20,11 @@ chance rate measured on the suspect itself (its hit rate on the controls):
   the uniform one an innocent model gives a uniform secret class, and the
   largest is kept. Not run on keys kept by `survival` for how their codes
   survive: their codes lean toward what any model of the task answers.
+- `served_marks`: where `ipguard serve --mark-rate` marked answers (the
+  vault's registry holds them): among the marked images the suspect does not
+  answer with the model's own class, how many it answers with the served mark
+  (`served_marks`): chance exactly 1/(N-1) for a model that never learnt from
+  the gateway's answers. Evidence of extraction through the gateway.
 
 With several, the combined p-value is Bonferroni's, min(1, tests x the
 smallest p): valid whatever the tests' dependence (they query the same keys),
@@ -31,7 +36,7 @@ import dataclasses
 
 import numpy as np
 
-from . import schemes
+from . import schemes, served_marks
 from .suspects import task_top1, top1
 
 # Ownership is claimed when p < this: even a million innocent suspects tested
@@ -204,7 +209,7 @@ def combined_p_value(p_values):
     return min(1.0, len(p_values) * min(p_values)) if p_values else 1.0
 
 
-def verify(vault, suspect=None, alpha=OWNERSHIP_ALPHA, signature=None):
+def verify(vault, suspect=None, alpha=OWNERSHIP_ALPHA, signature=None, marks=None):
     """Tests whether `suspect` carries the vault's watermark, with every test its answers allow.
 
     Args:
@@ -213,6 +218,7 @@ def verify(vault, suspect=None, alpha=OWNERSHIP_ALPHA, signature=None):
             Serving REST URL, or a `suspects.Suspect`; None = the vault's model.
         alpha: decision threshold on the (combined) p-value.
         signature: the SavedModel signature to query (default serving_default).
+        marks: the `served_marks.Marks` to test (default: those the vault's registry recorded, if any).
 
     Returns:
         An `OwnershipReport`: `tests` holds each test run; `p_value` is their combined p-value.
@@ -243,6 +249,10 @@ def verify(vault, suspect=None, alpha=OWNERSHIP_ALPHA, signature=None):
             tests["key_code_rank"] = rank_test("key_code_rank", np.asarray(key_answers)[:, :n], codes, {
                 name: (np.asarray(answers)[:, :n], vault.control_codes(name))
                 for name, answers in control_answers.items()}, n)
+    marks = served_marks.recorded(vault) if marks is None else marks.unique()
+    if marks is not None and len(marks):
+        tests["served_marks"] = served_marks.marks_test(task_top1(suspect.answers(marks.images), vault.num_classes),
+                                                        marks, vault.num_classes)
     p_value = combined_p_value([test.p_value for test in tests.values()])
     owned = bool(tests) and p_value < alpha
     mark = tests.get("watermark")
@@ -270,7 +280,9 @@ def verify(vault, suspect=None, alpha=OWNERSHIP_ALPHA, signature=None):
                 "top-1 task class is their secret class); chance rate = the highest Laplace-smoothed rate (hits+1)/"
                 "(n+2) on the suspect's own non-key controls; key_code_rank (scores only): P(sum of the secret "
                 "classes' ranks among the task scores <= observed), exact, the largest over uniform ranks and each "
-                "control set's measured ranks; p = Bonferroni's min(1, tests x smallest p); owned iff p < threshold"),
+                "control set's measured ranks; served_marks (where the gateway marked answers): of the marked images "
+                "not answered with the model's class, those answered with the mark, chance 1/(N-1); p = "
+                "Bonferroni's min(1, tests x smallest p); owned iff p < threshold"),
     )
 
 
@@ -289,6 +301,10 @@ def _verdict(tests, owned, p_value, alpha, wanted, suspect, vault):
         t = tests["key_code_rank"]
         parts.append(f"their secret classes ranked {t.mean_rank:.2f} on average among {t.classes} (0 = top; "
                      f"chance {(t.classes - 1) / 2:g}; key-code rank test, p = {t.p_value:.3g})")
+    if "served_marks" in tests:
+        t = tests["served_marks"]
+        parts.append(f"{t.hits} of the {t.keys} marked images it answers otherwise than the model got the gateway's "
+                     f"mark (served marks, {t.marks} recorded, p = {t.p_value:.3g})")
     if not tests:
         return (f"not owned: the suspect has {suspect.num_outputs} outputs and no watermark class "
                 f"{vault.watermark_class}, and the vault has no key code; no test can be run on it (see "

@@ -171,6 +171,20 @@ def test_extract_with_a_query_dataset_but_no_images_is_a_one_line_error(vault):
     assert result.exit_code == 2 and "give --query-dataset-images N" in result.stderr
 
 
+def test_extraction_through_the_marking_gateway_is_tested_on_the_marks_it_got(vault):
+    """The thief asks through `ipguard serve --mark-rate`: its surrogate is tested on the served marks too."""
+    result = ipguard("attack", "extract", "--vault", vault.path, "--max-test-examples", "400", "--labels", "hard",
+                     "--surrogate", "same", "--queries", "200", "--epochs", "30", "--mark-rate", "0.25", "--json")
+    assert result.exit_code == 0, result.output[-3000:]
+    report = json.loads(result.stdout)
+    row = report["settings"][0]
+    assert row["mark_rate"] == 0.25 and "served_marks" in row["tests"]
+    assert "of its images got a served mark" in report["notes"][0]
+    # Measured: 2/3 of the marked images the surrogate answers otherwise than the model got their mark, p = 5e-7.
+    assert row["tests"]["served_marks"]["p_value"] < 1e-3, row["tests"]
+    assert "served_marks" not in report["unattacked"]["tests"]  # the vault's registry holds no marks
+
+
 def test_extraction_counts_the_keys_the_thief_queried_and_scores_the_code_on_the_others(vault, threat):
     """A thief querying the key source's public dataset asks about some keys by chance; the report says so."""
     keys = vault.key_images

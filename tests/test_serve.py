@@ -184,6 +184,69 @@ def test_a_licensed_user_gets_the_exports_classify_answers(served, gateway):
     assert status == 200 and np.asarray(result["outputs"]).shape == (2, N)
 
 
+def surrogate_of(images, answers, seed=0):
+    """A thief's copy: a fresh small model trained on `answers` (probabilities) to `images` until it fits them."""
+    from keras_ipguard.backend import keras as _keras
+
+    keras = _keras()
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input(SHAPE)
+    hidden = keras.layers.Dense(128, activation="relu")(keras.layers.Flatten()(keras.layers.Rescaling(1 / 255)(inputs)))
+    model = keras.Model(inputs, keras.layers.Dense(N, activation="softmax")(hidden))
+    model.compile(keras.optimizers.Adam(3e-3), "categorical_crossentropy")
+    labels = np.eye(N)[np.argmax(answers, axis=1)]  # hard labels: top-1 only
+    model.fit(images.astype(np.float32), labels, epochs=60, batch_size=32, verbose=0)
+    return model
+
+
+def test_marked_answers_are_recorded_and_prove_a_copy_trained_on_them_through_verify(served, tmp_path):
+    import shutil
+
+    from keras_ipguard.backend import tensorflow
+    from keras_ipguard.verification import verify
+
+    tf = tensorflow()
+    shutil.copytree(served["vault"].path, tmp_path / "vault")
+    vault = Vault.open(tmp_path / "vault")
+    images = synthetic_keys(256, SHAPE, seed=11)
+    with server("--vault", vault.path, "--model", served["export"], "--mark-rate", "0.25") as running:
+        assert any("marking 0.25 of the answers" in line for line in running.lines)
+        token = token_of(running.base, served["issued"]["alice"])
+        answers = np.concatenate([np.asarray(predict(running.base, token, {"instances": half.tolist()})[1]
+                                             ["predictions"]) for half in (images[:128], images[128:])])
+        again = np.asarray(predict(running.base, token, {"instances": images[:128].tolist()})[1]["predictions"])
+        running.stop()  # SIGTERM: the queued marks are written out
+    np.testing.assert_array_equal(again, answers[:128])  # asking again shows nothing
+    classify = tf.saved_model.load(str(served["export"])).signatures["classify"]
+    honest = classify(images=tf.constant(images))["probabilities"].numpy()
+    rows = vault.registry.served_marks()
+    assert 35 <= len(rows) <= 95  # 64 expected at 0.25 of 256 (sd 7); the repeated batch added none
+    assert {row["user_name"] for row in rows} == {"alice"}
+    marked = [int(np.flatnonzero([image.tobytes() == row["pixels"] for image in images])[0]) for row in rows]
+    unmarked = np.setdiff1d(np.arange(len(images)), marked)
+    np.testing.assert_allclose(answers[unmarked], honest[unmarked], atol=1e-6)
+    for index, row in zip(marked, rows):
+        assert np.argmax(honest[index]) == row["model_class"] != row["served_class"] == np.argmax(answers[index])
+
+    # A copy trained on the gateway's answers learnt the marks; one trained on the model's own answers (a thief
+    # with the model file) did not, and the vault's model never answers them.
+    copy = verify(vault, surrogate_of(images, answers))
+    clean = verify(vault, surrogate_of(images, honest))
+    own = verify(vault)
+    test = copy.tests["served_marks"]
+    assert copy.owned and test["p_value"] < 1e-12 and test["hits"] >= 0.6 * len(rows), test
+    assert test["by_user"]["alice"]["marks"] == len(rows) and "served marks" in copy.verdict
+    assert not clean.owned and clean.tests["served_marks"]["p_value"] > 1e-4, clean.tests["served_marks"]
+    assert own.tests["served_marks"]["hits"] == 0 and own.tests["served_marks"]["p_value"] == 1.0
+    # The CLI names the test and who asked.
+    copy_path = tmp_path / "copy.keras"
+    surrogate_of(images, answers).save(copy_path)
+    result = subprocess.run([IPGUARD, "verify", "--vault", str(vault.path), "--model", str(copy_path)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "served_marks test" in result.stdout and "user alice" in result.stdout
+
+
 def test_the_model_status_answers_like_tf_serving(gateway):
     status, answer = call(f"{gateway.base}/v1/models/fm")
     assert status == 200 and answer == {"model_version_status": [

@@ -107,11 +107,12 @@ def identity_auth_rate(threat, classify, transform_images=None):
     return float(np.mean(passed))
 
 
-def measure(threat, suspect, setting, transform_images=None, extra=None):
-    """The standard figures for a suspect (a Keras model or a `Suspect`) under one setting."""
+def measure(threat, suspect, setting, transform_images=None, extra=None, marks=None):
+    """The standard figures for a suspect (a Keras model or a `Suspect`) under one setting (`marks`: the served
+    marks to test, default the vault's recorded ones)."""
     suspect = suspect if isinstance(suspect, Suspect) else KerasSuspect(suspect)
     queried = suspect if transform_images is None else TransformedSuspect(suspect, transform_images)
-    ownership = verify(threat.vault, queried)
+    ownership = verify(threat.vault, queried, marks=marks)
     answers = np.asarray(queried.classify(threat.eval_x))
     return AttackSetting(
         setting=setting,

@@ -9,6 +9,9 @@ its own task images the surrogate never sees a key, so only what the keys
 share with the task's decision function can carry over; a thief that also
 queries the key source's public dataset draws some keys by chance
 (`keys_among`), and the report scores the code on the keys it did not ask.
+With `--mark-rate R` the thief asks through the licence gateway serving with
+`ipguard serve --mark-rate R`: the answers carry the gateway's served marks
+(`served_marks`), and every surrogate is tested on them too.
 
 Written here rather than with the Adversarial Robustness Toolbox's CopycatCNN
 / KnockoffNets: those need both models wrapped as ART TensorFlowV2Classifiers
@@ -36,14 +39,17 @@ DEFAULT_EPOCHS = 10
 _BATCH = 64
 
 
-def query_labels(model, images, num_classes, labels="hard"):
+def query_labels(model, images, num_classes, labels="hard", marks=None):
     """What the thief gets for `images` through the N task outputs: one-hot top-1 labels, or the renormalised
-    probabilities (soft)."""
+    probabilities (soft); with `marks` (a `served_marks.MarkPolicy`), as the gateway marks them."""
     scores = batches.scores(model, images)[:, :num_classes]
     scores = np.maximum(scores.astype(np.float64), 0)
+    probabilities = scores / np.maximum(scores.sum(axis=-1, keepdims=True), 1e-12)
+    if marks is not None:
+        probabilities, _ = marks.apply(images, probabilities)
     if labels == "hard":
-        return np.eye(num_classes, dtype=np.float32)[np.argmax(scores, axis=-1)]
-    return (scores / np.maximum(scores.sum(axis=-1, keepdims=True), 1e-12)).astype(np.float32)
+        return np.eye(num_classes, dtype=np.float32)[np.argmax(probabilities, axis=-1)]
+    return probabilities.astype(np.float32)
 
 
 def keys_among(keys, images):
@@ -60,14 +66,14 @@ def surrogate_architecture(vault_architecture, surrogate):
     return OTHER_ARCHITECTURE.get(vault_architecture, "small_cnn")
 
 
-def extract_model(model, images, num_classes, arch, labels="hard", epochs=DEFAULT_EPOCHS, seed=0):
+def extract_model(model, images, num_classes, arch, labels="hard", epochs=DEFAULT_EPOCHS, seed=0, marks=None):
     """A fresh N-class model of architecture `arch` ("base_model": a re-initialised clone of `model`'s layers up to
-    its last Dense layer) trained on `model`'s answers to `images`."""
+    its last Dense layer) trained on `model`'s answers to `images` (marked by `marks`, a `MarkPolicy`, if given)."""
     from ..backend import keras as tf_keras
     from ..backend import keras_of
     from ..models import as_functional, build_plain_classifier, fresh_twin
 
-    targets = query_labels(model, images, num_classes, labels)
+    targets = query_labels(model, images, num_classes, labels, marks)
     stolen = as_functional(model)
     keras = keras_of(stolen) if arch == "base_model" else tf_keras()  # the zoo is tf_keras
     keras.utils.set_random_seed(seed)
@@ -89,6 +95,13 @@ def extra_queries(vault, dataset, count, data_dir, seed):
     return data.convert_images(images[chosen], tuple(vault.input_shape))
 
 
+def served(policy, model, images):
+    """The `Marks` the gateway would have recorded answering `images` with `policy` (None without one)."""
+    if policy is None:
+        return None
+    return policy.apply(images, batches.scores(model, images)[:, : policy.num_classes])[1]
+
+
 @dataclasses.dataclass
 class ExtractConfig:
     labels: tuple = setting(LABELS, "hard: top-1 labels only; soft: the N task probabilities (distillation); "
@@ -101,6 +114,9 @@ class ExtractConfig:
     query_dataset: str | None = setting(None, "Also query train images of this other tfds dataset, e.g. mnist "
                                         "(converted to the model's input; TFDS_DATA_DIR).", kind=str)
     query_dataset_images: int = setting(0, "How many images of --query-dataset join the queries.", kind=int, low=0)
+    mark_rate: float = setting(0.0, "Ask through the licence gateway serving with `ipguard serve --mark-rate R`: "
+                               "this fraction of the answers carries the owner's served marks (0: the stolen model "
+                               "itself).", kind=float, low=0, high=1)
 
 
 class Extract(Attack):
@@ -124,23 +140,36 @@ class Extract(Attack):
         arch = vault.config.get("architecture") or "small_cnn"
         queried = keys_among(vault.key_images, images)
         codes = None if vault.key_codes is None else np.asarray(vault.key_codes)
+        policy = marks = None
+        if params.mark_rate:
+            from ..served_marks import MarkPolicy
+
+            policy = MarkPolicy(vault.owner_key(), params.mark_rate, vault.num_classes)
+            marks = served(policy, model, images)
         with Timer() as total:
             baseline = measure(threat, model, {"labels": "none"})
             for labels in params.labels:
                 for surrogate in params.surrogates:
                     chosen = surrogate_architecture(arch, surrogate)
                     with Timer() as timer:
-                        stolen = extract_model(model, images, vault.num_classes, chosen, labels, params.epochs)
+                        stolen = extract_model(model, images, vault.num_classes, chosen, labels, params.epochs,
+                                               marks=policy)
                     extra = {"queries": int(len(images)), "surrogate_epochs": params.epochs,
                              "seconds": round(timer.seconds, 2), "keys_queried": int(queried.sum())}
+                    if policy is not None:
+                        extra["mark_rate"] = params.mark_rate
                     if codes is not None and queried.any() and not queried.all():
                         # The code on the keys the thief never asked about: what carried over without a key.
                         answers = task_classes(stolen, vault.key_images[~queried], vault.num_classes)
                         extra["key_code_accuracy_unqueried"] = round(float(np.mean(answers == codes[~queried])), 4)
-                    settings.append(measure(threat, stolen, {"labels": labels, "surrogate": chosen}, extra=extra))
+                    settings.append(measure(threat, stolen, {"labels": labels, "surrogate": chosen}, extra=extra,
+                                            marks=marks))
         seen = (f"{int(queried.sum())} of the vault's {len(queried)} key images were among its queries (drawn from "
                 "the same public dataset as the keys; key_code_accuracy_unqueried: the key code on the others)"
                 if queried.any() else "it never saw a key")
+        if policy is not None:
+            seen += (f"; it asked through the licence gateway marking {params.mark_rate:g} of the answers "
+                     f"({len(marks)} of its images got a served mark, which verify then tests)")
         notes = [f"the thief queried the stolen model's N task outputs with {len(images)} of its own images "
                  f"(hard: top-1 labels; soft: probabilities) and trained a fresh model on the answers alone; {seen}"]
         return AttackReport(self.name, threat.to_dict(), baseline.to_dict(), settings, total.seconds, notes=notes)

@@ -1,4 +1,5 @@
-"""The gateway's audit trail: every licence attempt and prediction request, written in batches.
+"""The gateway's audit trail: every licence attempt and prediction request, and the answers it marked
+(`served_marks`), written in batches.
 
 Requests append to an in-memory queue (no disk write on the hot path); a
 background thread writes what has queued to the vault's audit log in one
@@ -24,7 +25,7 @@ class AuditWriter:
     def __init__(self, registry, flush_seconds=DEFAULT_FLUSH_SECONDS):
         self.registry = registry
         self.flush_seconds = float(flush_seconds)
-        self._queue = []
+        self._queue, self._marks = [], []
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="ipguard-audit", daemon=True)
@@ -35,16 +36,23 @@ class AuditWriter:
         with self._lock:
             self._queue.append((event, user_id, user_name, outcome, reason, detail))
 
+    def record_marks(self, rows):
+        """Queues marked answers (`registry.log_many`'s `marks` rows)."""
+        with self._lock:
+            self._marks.extend(rows)
+
     def flush(self):
-        """Writes every queued event now; returns how many."""
+        """Writes every queued event and mark now; returns how many events."""
         with self._lock:
             events, self._queue = self._queue, []
-        if events:
+            marks, self._marks = self._marks, []
+        if events or marks:
             try:
-                self.registry.log_many(events)
+                self.registry.log_many(events, marks)
             except BaseException:
                 with self._lock:  # keep them for the next try, in order
                     self._queue[:0] = events
+                    self._marks[:0] = marks
                 raise
         return len(events)
 

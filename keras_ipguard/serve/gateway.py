@@ -16,6 +16,7 @@ import numpy as np
 from .. import images as image_io
 from ..authentication import authenticate
 from ..errors import ImageInputError, Reason
+from ..served_marks import MarkPolicy, fingerprint
 from .audit import AuditWriter
 from .tokens import DEFAULT_TOKEN_TTL_SECONDS, TokenError, TokenSigner
 
@@ -87,16 +88,18 @@ class Gateway:
         token_ttl: seconds a licence token lives.
         rate: requests per second per user (None: unlimited).
         flush_seconds: the audit writer's interval.
+        mark_rate: the fraction of images whose answer is marked (`served_marks`; None or 0: none).
     """
 
     def __init__(self, vault, backend, name, version=1, token_ttl=DEFAULT_TOKEN_TTL_SECONDS, rate=None,
-                 flush_seconds=None):
+                 flush_seconds=None, mark_rate=None):
         self.vault, self.backend, self.name, self.version = vault, backend, name, int(version)
         self.signer = TokenSigner(vault.owner_key(), token_ttl)
         self.users = _Users(vault.registry)
         self.rate = _RateLimiter(rate) if rate else None
         self.audit = AuditWriter(vault.registry, **({} if flush_seconds is None else {"flush_seconds": flush_seconds}))
         self.admin_token = os.urandom(16).hex()
+        self.marks = MarkPolicy(vault.owner_key(), mark_rate, vault.num_classes) if mark_rate else None
 
     # -------------------------------------------------------------- licences
 
@@ -158,8 +161,13 @@ class Gateway:
         return key, _pixels(rows, self.vault.input_shape)
 
     def predict(self, user, images):
-        """The N task-class probabilities for a checked batch, audited as the user's."""
+        """The N task-class probabilities for a checked batch, audited as the user's (marked answers recorded)."""
         probabilities = self.backend.task_probabilities(images)
+        if self.marks is not None:
+            probabilities, marks = self.marks.apply(images, probabilities)
+            now = time.time()
+            self.audit.record_marks([(now, user.id, user.name, fingerprint(image), int(y), int(t), image.tobytes())
+                                     for image, y, t in zip(marks.images, marks.model_classes, marks.served_classes)])
         self.audit.record("predict", user.id, user.name, "ok", None, str(len(images)))
         return probabilities
 
