@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "keras_ipguard"
 LAYERS = (
     # Bits and records: no TensorFlow, nothing of the package above them.
     {"_version", "errors", "lookup", "settings", "atomic", "stego", "identity", "images", "registry", "vault",
-     "authentication", "metrics", "architectures", "keycode"},
+     "authentication", "metrics", "architectures", "keycode", "served_marks"},
     {"backend", "batches"},
     {"data", "sources", "models", "callbacks", "autoencoder", "suspects", "base_models", "workdir"},
     {"training"},

@@ -179,10 +179,25 @@ def test_extraction_through_the_marking_gateway_is_tested_on_the_marks_it_got(va
     report = json.loads(result.stdout)
     row = report["settings"][0]
     assert row["mark_rate"] == 0.25 and "served_marks" in row["tests"]
-    assert "of its images got a served mark" in report["notes"][0]
+    assert "of its asks got a served mark" in report["notes"][0]
     # Measured: 2/3 of the marked images the surrogate answers otherwise than the model got their mark, p = 5e-7.
-    assert row["tests"]["served_marks"]["p_value"] < 1e-3, row["tests"]
+    marked = row["tests"]["served_marks"]
+    assert marked["p_value"] < 1e-3, row["tests"]
     assert "served_marks" not in report["unattacked"]["tests"]  # the vault's registry holds no marks
+    # A thief who knows the marks are keyed to exact pixels asks three noisy copies of each image and votes.
+    result = ipguard("attack", "extract", "--vault", vault.path, "--max-test-examples", "400", "--labels", "hard",
+                     "--surrogate", "same", "--queries", "200", "--epochs", "30", "--mark-rate", "0.25", "--votes",
+                     "3", "--json")
+    assert result.exit_code == 0, result.output[-3000:]
+    report = json.loads(result.stdout)
+    row = report["settings"][0]
+    assert row["votes"] == 3 and "each 3 times (the majority kept)" in report["notes"][0]
+    # The vote removes most marks (at this test's high rate two asks of three are sometimes marked alike, so not
+    # all; measured 0.31 against 0.67).
+    voted = row["tests"]["served_marks"]
+    assert voted["accuracy"] < marked["accuracy"] and voted["p_value"] > marked["p_value"], (voted, marked)
+    result = ipguard("attack", "extract", "--vault", vault.path, "--votes", "3")
+    assert result.exit_code == 2 and "give --mark-rate R as well" in result.stderr
 
 
 def test_extraction_counts_the_keys_the_thief_queried_and_scores_the_code_on_the_others(vault, threat):

@@ -39,17 +39,48 @@ DEFAULT_EPOCHS = 10
 _BATCH = 64
 
 
-def query_labels(model, images, num_classes, labels="hard", marks=None):
-    """What the thief gets for `images` through the N task outputs: one-hot top-1 labels, or the renormalised
-    probabilities (soft); with `marks` (a `served_marks.MarkPolicy`), as the gateway marks them."""
-    scores = batches.scores(model, images)[:, :num_classes]
-    scores = np.maximum(scores.astype(np.float64), 0)
-    probabilities = scores / np.maximum(scores.sum(axis=-1, keepdims=True), 1e-12)
-    if marks is not None:
-        probabilities, _ = marks.apply(images, probabilities)
-    if labels == "hard":
-        return np.eye(num_classes, dtype=np.float32)[np.argmax(probabilities, axis=-1)]
-    return probabilities.astype(np.float32)
+@dataclasses.dataclass
+class Answers:
+    """What the thief got for its images: the mean of the N task probabilities over its asks, how many of its
+    asks each class topped, and the marks the gateway recorded (None without a marking gateway)."""
+
+    probabilities: np.ndarray
+    votes: np.ndarray
+    marks: object = None
+
+    def targets(self, labels="hard"):
+        """The surrogate's training targets: one-hot majority top-1 labels (hard), or the probabilities (soft)."""
+        if labels == "soft":
+            return self.probabilities.astype(np.float32)
+        # The majority answer; a tie goes to the class with the larger mean probability.
+        winner = np.argmax(self.votes + 1e-3 * self.probabilities, axis=-1)
+        return np.eye(self.probabilities.shape[1], dtype=np.float32)[winner]
+
+
+def ask(model, images, num_classes, marks=None, votes=1, seed=0):
+    """The thief's `Answers` for `images` through the N task outputs (renormalised probabilities); with `marks`
+    (a `served_marks.MarkPolicy`), through a gateway that marks them. With `votes` > 1 the thief, knowing that a
+    mark is keyed to exact pixels, asks about each image `votes` times, every ask after the first with +-1 noise
+    on its pixels, and keeps the majority."""
+    from ..served_marks import Marks
+
+    rng = np.random.default_rng(seed)
+    total, counts, recorded = 0.0, np.zeros((len(images), num_classes)), []
+    for vote in range(votes):
+        asked = images if vote == 0 else np.clip(images.astype(np.int16) + rng.integers(-1, 2, images.shape),
+                                                 0, 255).astype(np.uint8)
+        scores = np.maximum(batches.scores(model, asked)[:, :num_classes].astype(np.float64), 0)
+        probabilities = scores / np.maximum(scores.sum(axis=-1, keepdims=True), 1e-12)
+        if marks is not None:
+            probabilities, got = marks.apply(asked, probabilities)
+            recorded.append(got)
+        total = total + probabilities
+        counts[np.arange(len(images)), np.argmax(probabilities, axis=-1)] += 1
+    if recorded:
+        recorded = Marks(np.concatenate([m.images for m in recorded]),
+                         np.concatenate([m.model_classes for m in recorded]),
+                         np.concatenate([m.served_classes for m in recorded]))
+    return Answers(total / votes, counts, recorded or None)
 
 
 def keys_among(keys, images):
@@ -66,14 +97,15 @@ def surrogate_architecture(vault_architecture, surrogate):
     return OTHER_ARCHITECTURE.get(vault_architecture, "small_cnn")
 
 
-def extract_model(model, images, num_classes, arch, labels="hard", epochs=DEFAULT_EPOCHS, seed=0, marks=None):
+def extract_model(model, images, num_classes, arch, labels="hard", epochs=DEFAULT_EPOCHS, seed=0, answers=None):
     """A fresh N-class model of architecture `arch` ("base_model": a re-initialised clone of `model`'s layers up to
-    its last Dense layer) trained on `model`'s answers to `images` (marked by `marks`, a `MarkPolicy`, if given)."""
+    its last Dense layer) trained on `model`'s answers to `images` (`answers`: what the thief got, as `ask` gives
+    them; default the model's own answers)."""
     from ..backend import keras as tf_keras
     from ..backend import keras_of
     from ..models import as_functional, build_plain_classifier, fresh_twin
 
-    targets = query_labels(model, images, num_classes, labels, marks)
+    targets = (answers or ask(model, images, num_classes)).targets(labels)
     stolen = as_functional(model)
     keras = keras_of(stolen) if arch == "base_model" else tf_keras()  # the zoo is tf_keras
     keras.utils.set_random_seed(seed)
@@ -95,13 +127,6 @@ def extra_queries(vault, dataset, count, data_dir, seed):
     return data.convert_images(images[chosen], tuple(vault.input_shape))
 
 
-def served(policy, model, images):
-    """The `Marks` the gateway would have recorded answering `images` with `policy` (None without one)."""
-    if policy is None:
-        return None
-    return policy.apply(images, batches.scores(model, images)[:, : policy.num_classes])[1]
-
-
 @dataclasses.dataclass
 class ExtractConfig:
     labels: tuple = setting(LABELS, "hard: top-1 labels only; soft: the N task probabilities (distillation); "
@@ -117,6 +142,10 @@ class ExtractConfig:
     mark_rate: float = setting(0.0, "Ask through the licence gateway serving with `ipguard serve --mark-rate R`: "
                                "this fraction of the answers carries the owner's served marks (0: the stolen model "
                                "itself).", kind=float, low=0, high=1)
+    votes: int = setting(1, "With --mark-rate: ask about each image this many times, every ask after the first "
+                         "with +-1 noise on its pixels (a mark is keyed to exact pixels), and keep the majority "
+                         "answer (a thief who knows the method; each ask is a query the gateway sees).",
+                         kind=int, low=1)
 
 
 class Extract(Attack):
@@ -140,12 +169,14 @@ class Extract(Attack):
         arch = vault.config.get("architecture") or "small_cnn"
         queried = keys_among(vault.key_images, images)
         codes = None if vault.key_codes is None else np.asarray(vault.key_codes)
-        policy = marks = None
+        policy = None
         if params.mark_rate:
             from ..served_marks import MarkPolicy
 
             policy = MarkPolicy(vault.owner_key(), params.mark_rate, vault.num_classes)
-            marks = served(policy, model, images)
+        elif params.votes > 1:
+            raise IPGuardError("--votes only matters against a marking gateway; give --mark-rate R as well")
+        got = ask(model, images, vault.num_classes, policy, params.votes)
         with Timer() as total:
             baseline = measure(threat, model, {"labels": "none"})
             for labels in params.labels:
@@ -153,23 +184,25 @@ class Extract(Attack):
                     chosen = surrogate_architecture(arch, surrogate)
                     with Timer() as timer:
                         stolen = extract_model(model, images, vault.num_classes, chosen, labels, params.epochs,
-                                               marks=policy)
+                                               answers=got)
                     extra = {"queries": int(len(images)), "surrogate_epochs": params.epochs,
                              "seconds": round(timer.seconds, 2), "keys_queried": int(queried.sum())}
                     if policy is not None:
-                        extra["mark_rate"] = params.mark_rate
+                        extra.update(mark_rate=params.mark_rate, votes=params.votes)
                     if codes is not None and queried.any() and not queried.all():
                         # The code on the keys the thief never asked about: what carried over without a key.
                         answers = task_classes(stolen, vault.key_images[~queried], vault.num_classes)
                         extra["key_code_accuracy_unqueried"] = round(float(np.mean(answers == codes[~queried])), 4)
                     settings.append(measure(threat, stolen, {"labels": labels, "surrogate": chosen}, extra=extra,
-                                            marks=marks))
+                                            marks=got.marks))
         seen = (f"{int(queried.sum())} of the vault's {len(queried)} key images were among its queries (drawn from "
                 "the same public dataset as the keys; key_code_accuracy_unqueried: the key code on the others)"
                 if queried.any() else "it never saw a key")
         if policy is not None:
-            seen += (f"; it asked through the licence gateway marking {params.mark_rate:g} of the answers "
-                     f"({len(marks)} of its images got a served mark, which verify then tests)")
+            asks = f", each {params.votes} times (the majority kept)" if params.votes > 1 else ""
+            seen += (f"; it asked through the licence gateway marking {params.mark_rate:g} of the answers{asks} "
+                     f"({len(got.marks) if got.marks else 0} of its asks got a served mark, which verify "
+                     "then tests)")
         notes = [f"the thief queried the stolen model's N task outputs with {len(images)} of its own images "
                  f"(hard: top-1 labels; soft: probabilities) and trained a fresh model on the answers alone; {seen}"]
         return AttackReport(self.name, threat.to_dict(), baseline.to_dict(), settings, total.seconds, notes=notes)
