@@ -200,8 +200,9 @@ def rank_test(name, key_scores, key_codes, controls, classes):
 
 def figures_of(test):
     """A test's figures as attack and benchmark reports keep them: its p-value and accuracy / chance rate, or,
-    for the rank test, its mean rank."""
-    return {key: test[key] for key in ("accuracy", "chance_rate", "mean_rank", "p_value") if key in test}
+    for the rank test, its mean rank; for the served-marks test, its counts too."""
+    counts = ("hits", "keys", "marks") if "marks" in test else ()
+    return {key: test[key] for key in ("accuracy", "chance_rate", "mean_rank", "p_value", *counts) if key in test}
 
 
 def combined_p_value(p_values):

@@ -182,7 +182,7 @@ def test_extraction_through_the_marking_gateway_is_tested_on_the_marks_it_got(va
     assert "of its asks got a served mark" in report["notes"][0]
     # Measured: 2/3 of the marked images the surrogate answers otherwise than the model got their mark, p = 5e-7.
     marked = row["tests"]["served_marks"]
-    assert marked["p_value"] < 1e-3, row["tests"]
+    assert marked["p_value"] < 1e-3 and marked["marks"] >= marked["keys"] >= marked["hits"] > 0, row["tests"]
     assert "served_marks" not in report["unattacked"]["tests"]  # the vault's registry holds no marks
     # A thief who knows the marks are keyed to exact pixels asks three noisy copies of each image and votes.
     result = ipguard("attack", "extract", "--vault", vault.path, "--max-test-examples", "400", "--labels", "hard",
