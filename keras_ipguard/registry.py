@@ -1,4 +1,4 @@
-"""The owner's user registry: an SQLite database of licensed users and an audit log.
+"""The owner's user registry: an SQLite database of licensed users, an audit log and the gateway's served marks.
 
 Every change is one transaction (`BEGIN IMMEDIATE`), so several processes can
 add or revoke users at once without duplicate ids or a corrupt file.

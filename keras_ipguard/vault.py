@@ -6,7 +6,7 @@ Layout (DESIGN.md)::
       vault.json     format version, dataset, num_classes N, watermark class, input shape, key code, ...
       owner.key      32 random bytes, mode 0600
       keys/          K key images (lossless PNG) + manifest.json (sha256 of each)
-      users.db       SQLite user registry and audit log
+      users.db       SQLite user registry, audit log and served marks
       model/         the watermarked model
       identities/    issued identity images (PNG)
       reports/       JSON results and plots
