@@ -31,6 +31,8 @@ import hmac
 
 import numpy as np
 
+from .errors import VaultError
+
 _DOMAIN = b"ipguard/v1/served-marks"
 
 
@@ -157,6 +159,9 @@ def recorded(vault):
     if not rows:
         return None
     shape = tuple(vault.input_shape)
+    if any(len(row["pixels"]) != int(np.prod(shape)) for row in rows):
+        raise VaultError(f"served marks in {vault.registry.path} are not images of the vault's input shape "
+                         f"{list(shape)}; restore the registry from a backup")
     images = np.stack([np.frombuffer(row["pixels"], np.uint8).reshape(shape) for row in rows])
     marks = Marks(images, np.array([row["model_class"] for row in rows], np.int64),
                   np.array([row["served_class"] for row in rows], np.int64),

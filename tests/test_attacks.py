@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -171,7 +172,7 @@ def test_extract_with_a_query_dataset_but_no_images_is_a_one_line_error(vault):
     assert result.exit_code == 2 and "give --query-dataset-images N" in result.stderr
 
 
-def test_extraction_through_the_marking_gateway_is_tested_on_the_marks_it_got(vault):
+def test_extraction_through_the_marking_gateway_is_tested_on_the_marks_it_got(vault, threat):
     """The thief asks through `ipguard serve --mark-rate`: its surrogate is tested on the served marks too."""
     result = ipguard("attack", "extract", "--vault", vault.path, "--max-test-examples", "400", "--labels", "hard",
                      "--surrogate", "same", "--queries", "200", "--epochs", "30", "--mark-rate", "0.25", "--json")
@@ -180,9 +181,12 @@ def test_extraction_through_the_marking_gateway_is_tested_on_the_marks_it_got(va
     row = report["settings"][0]
     assert row["mark_rate"] == 0.25 and "served_marks" in row["tests"]
     assert "of its asks got a served mark" in report["notes"][0]
-    # Measured: 2/3 of the marked images the surrogate answers otherwise than the model got their mark, p = 5e-7.
+    # The surrogate is tested on exactly the marks the thief's asks got. (Whether this small surrogate learns them
+    # varies from run to run: 4/15, 10/18 and two thirds in three runs; a copy that fits its answers is proven in
+    # test_serve.py.)
     marked = row["tests"]["served_marks"]
-    assert marked["p_value"] < 1e-3 and marked["marks"] >= marked["keys"] >= marked["hits"] > 0, row["tests"]
+    recorded = int(re.search(r"\((\d+) of its asks got a served mark", report["notes"][0]).group(1))
+    assert marked["marks"] == recorded > 25 and marked["marks"] >= marked["keys"] >= marked["hits"], row["tests"]
     assert "served_marks" not in report["unattacked"]["tests"]  # the vault's registry holds no marks
     # A thief who knows the marks are keyed to exact pixels asks three noisy copies of each image and votes.
     result = ipguard("attack", "extract", "--vault", vault.path, "--max-test-examples", "400", "--labels", "hard",
@@ -192,10 +196,20 @@ def test_extraction_through_the_marking_gateway_is_tested_on_the_marks_it_got(va
     report = json.loads(result.stdout)
     row = report["settings"][0]
     assert row["votes"] == 3 and "each 3 times (the majority kept)" in report["notes"][0]
-    # The vote removes most marks (at this test's high rate two asks of three are sometimes marked alike, so not
-    # all; measured 0.31 against 0.67).
-    voted = row["tests"]["served_marks"]
-    assert voted["accuracy"] < marked["accuracy"] and voted["p_value"] > marked["p_value"], (voted, marked)
+    # What the vote keeps: at this rate a quarter of single answers are marks; of majority answers only those
+    # where two asks of three were marked alike, or tied (expected about 0.09).
+    from keras_ipguard.attacks.extraction import ask
+    from keras_ipguard.served_marks import MarkPolicy
+
+    model, images = load_model(vault.model_path), np.concatenate([threat.attack_x, threat.eval_x])
+    policy = MarkPolicy(vault.owner_key(), 0.25, vault.num_classes)
+    # Each against the thief's majority over the same asks through a gateway that marks nothing.
+    honest = {votes: ask(model, images, vault.num_classes, None, votes).targets().argmax(axis=1) for votes in (1, 3)}
+    once, voted = (ask(model, images, vault.num_classes, policy, votes) for votes in (1, 3))
+    marked_once = np.mean(once.targets().argmax(axis=1) != honest[1])
+    marked_voted = np.mean(voted.targets().argmax(axis=1) != honest[3])
+    assert 0.18 < marked_once < 0.32 and len(once.marks) == round(marked_once * len(images))
+    assert marked_voted < 0.6 * marked_once and len(voted.marks) > 2.5 * len(once.marks), (marked_voted, marked_once)
     result = ipguard("attack", "extract", "--vault", vault.path, "--votes", "3")
     assert result.exit_code == 2 and "give --mark-rate R as well" in result.stderr
 

@@ -91,3 +91,22 @@ def test_a_mark_asked_about_twice_counts_once_and_is_attributed_to_its_user():
     assert (result.hits, result.keys, result.marks) == (3, 3, 4)
     assert result.by_user == {"ann": {"marks": 2, "other_answers": 1, "hits": 1},
                               "bo": {"marks": 2, "other_answers": 2, "hits": 2}}
+
+
+def test_the_registry_keeps_marks_once_per_user_and_a_corrupt_mark_is_a_one_line_error(tmp_path):
+    from keras_ipguard import Vault
+    from keras_ipguard.errors import VaultError
+    from keras_ipguard.served_marks import fingerprint, recorded
+
+    vault = Vault.create(tmp_path / "v", dataset="mnist", num_classes=N, input_shape=(28, 28, 1))
+    assert vault.registry.served_marks() == [] and recorded(vault) is None  # no table until the first mark
+    batch = images(3, seed=4)
+    rows = [(1.0, 1, "ann", fingerprint(image), 2, 7, image.tobytes()) for image in batch]
+    vault.registry.log_many([], rows + rows[:1])  # ann asked about the first image twice
+    vault.registry.log_many([], [(2.0, 2, "bo", fingerprint(batch[0]), 2, 7, batch[0].tobytes())])
+    assert len(vault.registry.served_marks()) == 4
+    marks = recorded(vault)  # each image once for the test, the first asker named
+    assert len(marks) == 3 and marks.users == ("ann", "ann", "ann") and np.array_equal(marks.images, batch)
+    vault.registry.log_many([], [(3.0, 1, "ann", "x" * 64, 0, 1, b"short")])
+    with pytest.raises(VaultError, match="not images of the vault's input shape"):
+        recorded(vault)

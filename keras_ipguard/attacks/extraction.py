@@ -176,8 +176,8 @@ class Extract(Attack):
             policy = MarkPolicy(vault.owner_key(), params.mark_rate, vault.num_classes)
         elif params.votes > 1:
             raise IPGuardError("--votes only matters against a marking gateway; give --mark-rate R as well")
-        got = ask(model, images, vault.num_classes, policy, params.votes)
         with Timer() as total:
+            got = ask(model, images, vault.num_classes, policy, params.votes)
             baseline = measure(threat, model, {"labels": "none"})
             for labels in params.labels:
                 for surrogate in params.surrogates:
