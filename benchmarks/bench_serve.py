@@ -8,6 +8,10 @@ one client, keep-alive, p50/p99. Throughput: 4 client threads at once.
 
 Target (serving issue): at batch 32 the gateway keeps at least 0.8x the bare
 throughput, and the licence check adds at most 1 ms at p50.
+
+A third server marks answers (`--mark-rate 0.02`, served marks): its cost
+over the plain gateway is printed beside (no target set; random images, so
+about 2% of them are marked and recorded).
 """
 
 import http.client
@@ -26,6 +30,9 @@ THROUGHPUT_REQUESTS = 100  # per client thread
 CLIENTS = 4
 
 
+MARK_RATE = 0.02
+
+
 def _serve(kind, vault_path, export_path):
     """Runs one server (in its own process) and prints its port."""
     from keras_ipguard import Vault
@@ -42,8 +49,9 @@ def _serve(kind, vault_path, export_path):
             return self.backend.task_probabilities(images)
 
     vault = Vault.open(vault_path)
-    make = Gateway if kind == "gate" else BareGateway
-    gateway = make(vault, InProcessBackend(vault, export_path), "fm")
+    make = BareGateway if kind == "bare" else Gateway
+    options = {"mark_rate": MARK_RATE} if kind == "marks" else {}
+    gateway = make(vault, InProcessBackend(vault, export_path), "fm", **options)
     run(gateway, port=0, on_ready=lambda port: print(port, flush=True))
 
 
@@ -92,11 +100,12 @@ def run(shape=(28, 28, 1)):
         user = vault.add_user("bench").user
         token = TokenSigner(vault.owner_key()).issue(user.id, user.name)  # what POST /v1/licences returns
         saved = export(vault, Path(root) / "serving").path
-        servers = {kind: _start(kind, vault.path, saved) for kind in ("gate", "bare")}
+        servers = {kind: _start(kind, vault.path, saved) for kind in ("gate", "bare", "marks")}
         try:
             print("Licence gateway vs the same app without the licence check (uvicorn, in-process SavedModel, CPU):")
             print(f"  {'batch':>5}  {'gate p50/p99 ms':>16}  {'bare p50/p99 ms':>16}  {'p50 added':>9}  "
-                  f"{'gate req/s':>10}  {'bare req/s':>10}  {'ratio':>5}")
+                  f"{'gate req/s':>10}  {'bare req/s':>10}  {'ratio':>5}  {'marks p50 added':>15}  "
+                  f"{'marks/gate req/s':>16}")
             for batch in (1, 32):
                 images = np.random.default_rng(batch).integers(0, 256, (batch,) + shape, dtype=np.uint8)
                 body = json.dumps({"instances": images.tolist()})
@@ -116,7 +125,8 @@ def run(shape=(28, 28, 1)):
                 rate = {kind: max(values) for kind, values in rates.items()}
                 print(f"  {batch:>5}  {p['gate'][0]:>7.2f}/{p['gate'][1]:<8.2f}  {p['bare'][0]:>7.2f}/"
                       f"{p['bare'][1]:<8.2f}  {p['gate'][0] - p['bare'][0]:>9.2f}  {rate['gate']:>10.0f}  "
-                      f"{rate['bare']:>10.0f}  {rate['gate'] / rate['bare']:>5.2f}")
+                      f"{rate['bare']:>10.0f}  {rate['gate'] / rate['bare']:>5.2f}  "
+                      f"{p['marks'][0] - p['gate'][0]:>15.2f}  {rate['marks'] / rate['gate']:>16.2f}")
         finally:
             for process, _ in servers.values():
                 process.terminate()
