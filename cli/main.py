@@ -339,14 +339,16 @@ def users_revoke(name, vault_path, as_json):
 @vault_option
 @json_option
 def users_usage(vault_path, as_json):
-    """Per user: licences issued by `ipguard serve`, prediction requests and images served, and last seen."""
+    """Per user: licences issued by `ipguard serve`, prediction requests and images served, answers marked
+    (`serve --mark-rate`), and last seen."""
     from keras_ipguard.serve.admin import usage_rows
 
     rows = usage_rows(Vault.open(vault_path))
-    lines = [f"{'id':>6}  {'name':<24} {'status':<8} {'licences':>8} {'requests':>9} {'images':>9} {'refused':>8}  "
-             "last seen"]
+    lines = [f"{'id':>6}  {'name':<24} {'status':<8} {'licences':>8} {'requests':>9} {'images':>9} {'refused':>8} "
+             f"{'marked':>7}  last seen"]
     lines += [f"{r['id']:>6}  {r['name']:<24} {'active' if r['active'] else 'revoked':<8} {r['licences']:>8} "
-              f"{r['requests']:>9} {r['images']:>9} {r['refused']:>8}  {r['last_seen'] or 'never'}" for r in rows]
+              f"{r['requests']:>9} {r['images']:>9} {r['refused']:>8} {r['marked']:>7}  {r['last_seen'] or 'never'}"
+              for r in rows]
     emit(as_json, {"users": rows}, "\n".join(lines) if rows else "no users yet")
 
 

@@ -253,14 +253,17 @@ class UserRegistry:
     def served_marks(self):
         """The gateway's marked answers, oldest first (rows as dicts; none where it never marked one)."""
         with self._transaction(write=False) as db:
-            if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'served_marks'").fetchone() \
-                    is None:
+            if not _has_marks(db):
                 return []
             return [dict(row) for row in db.execute("SELECT * FROM served_marks ORDER BY id")]
 
     def usage(self):
-        """Per user id: gateway predictions served (`requests`, `images`), refused, licences and last seen."""
+        """Per user id: gateway predictions served (`requests`, `images`), refused, licences, last seen, and the
+        answers the gateway marked (`marked`)."""
         with self._transaction(write=False) as db:
+            marked = {}
+            if _has_marks(db):
+                marked = dict(db.execute("SELECT user_id, COUNT(*) FROM served_marks GROUP BY user_id").fetchall())
             rows = db.execute(
                 "SELECT user_id, SUM(event = 'predict' AND outcome = 'ok') AS requests, "
                 "SUM(CASE WHEN event = 'predict' AND outcome = 'ok' THEN CAST(detail AS INTEGER) ELSE 0 END) "
@@ -268,7 +271,7 @@ class UserRegistry:
                 "SUM(event = 'licence' AND outcome = 'ok') AS licences, MAX(at) AS last_seen "
                 "FROM audit WHERE event IN ('predict', 'licence') AND user_id IS NOT NULL GROUP BY user_id"
             )
-            return {row["user_id"]: dict(row) for row in rows}
+            return {row["user_id"]: {**dict(row), "marked": marked.get(row["user_id"], 0)} for row in rows}
 
     def audit(self, limit=None):
         """Audit events, oldest first (the last `limit` when given)."""
@@ -282,6 +285,12 @@ class UserRegistry:
 
 def _user(row):
     return User(**dict(row))
+
+
+def _has_marks(db):
+    """Whether the gateway ever marked an answer (the table is made on the first mark)."""
+    return db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'served_marks'").fetchone() \
+        is not None
 
 
 def _exists_message(user):

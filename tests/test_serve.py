@@ -222,6 +222,10 @@ def test_marked_answers_are_recorded_and_prove_a_copy_trained_on_them_through_ve
     rows = vault.registry.served_marks()
     assert 35 <= len(rows) <= 95  # 64 expected at 0.25 of 256 (sd 7); the repeated batch added none
     assert {row["user_name"] for row in rows} == {"alice"}
+    listed = subprocess.run([IPGUARD, "users", "usage", "--vault", str(vault.path), "--json"], capture_output=True,
+                            text=True)
+    usage = {row["name"]: row for row in json.loads(listed.stdout)["users"]}
+    assert usage["alice"]["marked"] == len(rows) and usage["bob"]["marked"] == 0 and usage["alice"]["images"] == 384
     marked = [int(np.flatnonzero([image.tobytes() == row["pixels"] for image in images])[0]) for row in rows]
     unmarked = np.setdiff1d(np.arange(len(images)), marked)
     np.testing.assert_allclose(answers[unmarked], honest[unmarked], atol=1e-6)

@@ -25,7 +25,8 @@ def usage_rows(vault):
         rows.append({"id": user.id, "name": user.name, "active": user.active, "issued": iso_time(user.issued_at),
                      "revoked": iso_time(user.revoked_at), "licences": int(seen.get("licences") or 0),
                      "requests": int(seen.get("requests") or 0), "images": int(seen.get("images") or 0),
-                     "refused": int(seen.get("refused") or 0), "last_seen": iso_time(seen.get("last_seen"))})
+                     "refused": int(seen.get("refused") or 0), "marked": int(seen.get("marked") or 0),
+                     "last_seen": iso_time(seen.get("last_seen"))})
     return rows
 
 
