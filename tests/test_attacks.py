@@ -197,7 +197,7 @@ def test_extraction_through_the_marking_gateway_is_tested_on_the_marks_it_got(va
     row = report["settings"][0]
     assert row["votes"] == 3 and "each 3 times (the majority kept)" in report["notes"][0]
     # What the vote keeps: at this rate a quarter of single answers are marks; of majority answers only those
-    # where two asks of three were marked alike, or tied (expected about 0.09).
+    # where two asks of three got the same mark (a tie goes to the median, which keeps the truth).
     from keras_ipguard.attacks.extraction import ask
     from keras_ipguard.served_marks import MarkPolicy
 

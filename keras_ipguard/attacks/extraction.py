@@ -41,8 +41,8 @@ _BATCH = 64
 
 @dataclasses.dataclass
 class Answers:
-    """What the thief got for its images: the mean of the N task probabilities over its asks, how many of its
-    asks each class topped, and the marks the gateway recorded (None without a marking gateway)."""
+    """What the thief got for its images: each class's median probability over its asks (renormalised), how many
+    of its asks each class topped, and the marks the gateway recorded (None without a marking gateway)."""
 
     probabilities: np.ndarray
     votes: np.ndarray
@@ -52,7 +52,9 @@ class Answers:
         """The surrogate's training targets: one-hot majority top-1 labels (hard), or the probabilities (soft)."""
         if labels == "soft":
             return self.probabilities.astype(np.float32)
-        # The majority answer; a tie goes to the class with the larger mean probability.
+        # The majority answer. A tie goes to the larger median probability: a marked ask swaps the true class's
+        # probability with the mark's, so where two asks of three were marked differently the median keeps the
+        # truth (a mean would hand it to a mark).
         winner = np.argmax(self.votes + 1e-3 * self.probabilities, axis=-1)
         return np.eye(self.probabilities.shape[1], dtype=np.float32)[winner]
 
@@ -61,11 +63,11 @@ def ask(model, images, num_classes, marks=None, votes=1, seed=0):
     """The thief's `Answers` for `images` through the N task outputs (renormalised probabilities); with `marks`
     (a `served_marks.MarkPolicy`), through a gateway that marks them. With `votes` > 1 the thief, knowing that a
     mark is keyed to exact pixels, asks about each image `votes` times, every ask after the first with +-1 noise
-    on its pixels, and keeps the majority."""
+    on its pixels, and keeps the majority (the median probabilities for soft labels)."""
     from ..served_marks import Marks
 
     rng = np.random.default_rng(seed)
-    total, counts, recorded = 0.0, np.zeros((len(images), num_classes)), []
+    asks, counts, recorded = [], np.zeros((len(images), num_classes)), []
     for vote in range(votes):
         asked = images if vote == 0 else np.clip(images.astype(np.int16) + rng.integers(-1, 2, images.shape),
                                                  0, 255).astype(np.uint8)
@@ -74,13 +76,15 @@ def ask(model, images, num_classes, marks=None, votes=1, seed=0):
         if marks is not None:
             probabilities, got = marks.apply(asked, probabilities)
             recorded.append(got)
-        total = total + probabilities
+        asks.append(probabilities)
         counts[np.arange(len(images)), np.argmax(probabilities, axis=-1)] += 1
     if recorded:
         recorded = Marks(np.concatenate([m.images for m in recorded]),
                          np.concatenate([m.model_classes for m in recorded]),
                          np.concatenate([m.served_classes for m in recorded]))
-    return Answers(total / votes, counts, recorded or None)
+    median = np.median(asks, axis=0)
+    median /= np.maximum(median.sum(axis=-1, keepdims=True), 1e-12)
+    return Answers(median, counts, recorded or None)
 
 
 def keys_among(keys, images):
