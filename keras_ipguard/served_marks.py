@@ -12,7 +12,7 @@ registry.
 
 A copy trained on those answers learns some of the marks by heart. `verify`
 asks the suspect about the recorded images and counts, among those it does
-not answer y, how many it answers t(x). An innocent model never saw the
+not answer y, how many it answers t(x) (`verification.marks_test`). An innocent model never saw the
 gateway's answers and is independent of the keyed hash, so when it does not
 answer y it answers t(x) with probability exactly 1/(N-1): an exact binomial
 test that needs no control images.
@@ -107,48 +107,6 @@ class Marks:
                 keep.append(index)
         users = tuple(self.users[i] for i in keep) if self.users else ()
         return Marks(self.images[keep], self.model_classes[keep], self.served_classes[keep], users)
-
-
-@dataclasses.dataclass
-class MarksTest:
-    """The served-marks test on one suspect: among the marked images it does not answer with the model's class
-    (`keys`), how many it answers with the served mark (`hits`); chance 1/(N-1)."""
-
-    name: str
-    hits: int
-    keys: int
-    chance_rate: float
-    chance_rates: dict
-    p_value: float
-    marks: int
-    by_user: dict
-
-    @property
-    def accuracy(self):
-        return self.hits / max(1, self.keys)
-
-    def to_dict(self):
-        return {"accuracy": self.accuracy, **dataclasses.asdict(self)}
-
-
-def marks_test(answers, marks, num_classes):
-    """The exact test of `answers` (the suspect's top-1 task class per mark of `marks.unique()`)."""
-    from scipy.stats import binom
-
-    answers = np.asarray(answers, np.int64)
-    differs = answers != marks.model_classes
-    hits = answers == marks.served_classes  # implies differs: a mark is never the model's class
-    chance = 1.0 / (num_classes - 1)
-    p_value = float(binom.sf(int(hits.sum()) - 1, int(differs.sum()), chance)) if hits.any() else 1.0
-    by_user = {}
-    for index, user in enumerate(marks.users):
-        entry = by_user.setdefault(str(user), {"marks": 0, "other_answers": 0, "hits": 0})
-        entry["marks"] += 1
-        entry["other_answers"] += int(differs[index])
-        entry["hits"] += int(hits[index])
-    figures = {"marked images": len(marks), "answered the model's class": int((~differs).sum())}
-    return MarksTest("served_marks", int(hits.sum()), int(differs.sum()), chance, figures, p_value, len(marks),
-                     by_user)
 
 
 def recorded(vault):

@@ -137,6 +137,36 @@ def binomial_test(name, key_answers, key_targets, controls):
 
 
 @dataclasses.dataclass
+class MarksTest(BinomialTest):
+    """The served-marks test: among the marked images the suspect does not answer with the model's class
+    (`keys`), how many it answers with the served mark (`hits`); chance exactly 1/(N-1), no controls."""
+
+    marks: int
+    by_user: dict
+
+
+def marks_test(answers, marks, num_classes):
+    """The exact test of `answers`, the suspect's top-1 task class on each of `marks` (a `served_marks.Marks`
+    with every image once)."""
+    from scipy.stats import binom
+
+    answers = np.asarray(answers, np.int64)
+    differs = answers != marks.model_classes
+    hits = answers == marks.served_classes  # implies differs: a mark is never the model's class
+    chance = 1.0 / (num_classes - 1)
+    p_value = float(binom.sf(int(hits.sum()) - 1, int(differs.sum()), chance)) if hits.any() else 1.0
+    by_user = {}
+    for index, user in enumerate(marks.users):
+        entry = by_user.setdefault(str(user), {"marks": 0, "other_answers": 0, "hits": 0})
+        entry["marks"] += 1
+        entry["other_answers"] += int(differs[index])
+        entry["hits"] += int(hits[index])
+    figures = {"marked images": len(marks), "answered the model's class": int((~differs).sum())}
+    return MarksTest("served_marks", int(hits.sum()), int(differs.sum()), chance, figures, p_value, len(marks),
+                     by_user)
+
+
+@dataclasses.dataclass
 class RankTest:
     """The key-code rank test: the keys' secret classes' ranks among the task scores, against the controls'."""
 
@@ -252,8 +282,8 @@ def verify(vault, suspect=None, alpha=OWNERSHIP_ALPHA, signature=None, marks=Non
                 for name, answers in control_answers.items()}, n)
     marks = served_marks.recorded(vault) if marks is None else marks.unique()
     if marks is not None and len(marks):
-        tests["served_marks"] = served_marks.marks_test(task_top1(suspect.answers(marks.images), vault.num_classes),
-                                                        marks, vault.num_classes)
+        tests["served_marks"] = marks_test(task_top1(suspect.answers(marks.images), vault.num_classes), marks,
+                                           vault.num_classes)
     p_value = combined_p_value([test.p_value for test in tests.values()])
     owned = bool(tests) and p_value < alpha
     mark = tests.get("watermark")

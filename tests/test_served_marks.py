@@ -1,4 +1,5 @@
-"""Served marks (`keras_ipguard.served_marks`): which answers the gateway marks, and the exact test on them.
+"""Served marks (`keras_ipguard.served_marks`): which answers the gateway marks, and the exact test on them
+(`verification.marks_test`).
 
 No TensorFlow here: the policy and the statistic on numpy answers. The
 gateway that records the marks and `verify` on a copy trained on its answers
@@ -9,7 +10,8 @@ test_attacks.py.
 import numpy as np
 import pytest
 
-from keras_ipguard.served_marks import MarkPolicy, Marks, marks_test
+from keras_ipguard.served_marks import MarkPolicy, Marks
+from keras_ipguard.verification import marks_test
 
 N = 10
 
